@@ -1,0 +1,32 @@
+"""Shared fixtures: offline hub, CPU threads, the optional real assets (``DFQ_ASSETS``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an offline hub lookup otherwise retries for ~45 s
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assets_dir() -> Path:
+    """``DFQ_ASSETS`` or ``../shared/assets`` relative to the repository root."""
+    return Path(os.environ.get("DFQ_ASSETS", REPO.parent / "shared" / "assets"))
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The real weights/images folder; skips the test when it is absent."""
+    root = assets_dir()
+    if not (root / "weights").is_dir():
+        pytest.skip(f"real assets not found at {root} (set DFQ_ASSETS)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
