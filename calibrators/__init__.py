@@ -11,6 +11,8 @@ if __name__ != "dfq.calibrators":
         "(use `from dfq.calibrators import ...`)"
     )
 
+# Importing the algorithm modules registers them.
+from dfq.calibrators import entropy, minmax, mse, percentile  # noqa: E402,F401
 from dfq.calibrators.base import (  # noqa: E402
     CALIBRATORS,
     Calibrator,
@@ -18,8 +20,5 @@ from dfq.calibrators.base import (  # noqa: E402
     get_calibrator,
     register_calibrator,
 )
-
-# Importing the algorithm modules registers them.
-from dfq.calibrators import entropy, minmax, mse, percentile  # noqa: E402,F401
 
 __all__ = ["CALIBRATORS", "Calibrator", "calibrator_names", "get_calibrator", "register_calibrator"]

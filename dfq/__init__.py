@@ -28,7 +28,7 @@ _LAZY = {
     "quantize_": "dfq.quant.transform",
     "calibrate": "dfq.quant.calibrate",
     "calibration_mode": "dfq.quant.calibrate",
-    "evaluate": "dfq.evaluate",
+    "evaluate": "dfq.evaluation",
     "load": "dfq.runs",
     "presets": "dfq.config",
     "QuantConfig": "dfq.config",

@@ -100,7 +100,7 @@ def asymmetric_qparams(lo: Tensor, hi: Tensor, num_bits: int) -> tuple[Tensor, T
     hi = torch.clamp(hi.float(), min=0.0)
     qmax = 2**num_bits - 1
     scale = _positive((hi - lo) / qmax)
-    zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax) + 0.0  # no negative zero
     return scale, zero_point
 
 
@@ -172,7 +172,7 @@ def fake_quantize(
         qmax: largest integer code.
         axis: channel axis of ``x`` for per-channel parameters, or None.
 
-    >>> x = torch.tensor([-1.0, 0.26, 0.74, 2.0], requires_grad=True)
+    >>> x = torch.tensor([-1.0, 0.26, 0.4, 2.0], requires_grad=True)
     >>> y = fake_quantize(x, torch.tensor(0.5), torch.tensor(0.0), -2, 1)
     >>> y
     tensor([-1.0000,  0.5000,  0.5000,  0.5000], grad_fn=<AddBackward0>)
@@ -183,7 +183,7 @@ def fake_quantize(
     z = _shape_for(zero_point, x, axis).detach()
     q = torch.clamp(torch.round(x.detach() / s) + z, qmin, qmax)
     y = (q - z) * s
-    lo = (qmin - z) * s
-    hi = (qmax - z) * s
-    x_clipped = torch.minimum(torch.maximum(x, lo), hi)
-    return x_clipped + (y - x_clipped).detach()
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return y  # inference: skip the straight-through bookkeeping
+    inside = (x >= (qmin - z) * s) & (x <= (qmax - z) * s)  # gradient 1 on the closed range, 0 outside
+    return y + (x - x.detach()) * inside

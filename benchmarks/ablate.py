@@ -1,0 +1,137 @@
+"""Accuracy of many quantization variants of one model on the ImageNet sample, in one run.
+
+Loads the model and the evaluation images once, computes FP logits once, then for every variant
+(preset x calibrator x calibration source x site changes) calibrates a fresh copy and reports
+top-1, top-1 agreement with FP and mean KL(FP || quant). Used for the tables in BENCHMARKS.md and
+the placement study in docs/quantization.md.
+
+    python benchmarks/ablate.py --model deit_tiny --variants w8a8 w8a8:act=percentile w8a8:calib=noise
+    python benchmarks/ablate.py --model deit_tiny --study noise-placement
+
+Variant syntax: ``PRESET[:key=value[,key=value...]]`` with keys ``act`` (activation calibrator),
+``weight`` (weight calibrator), ``calib`` (``real`` | ``noise``), ``drop`` (sites to remove,
+``+``-separated), ``add`` (sites to add), ``head`` (0/1), ``pe`` (0/1: patch-embed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import dfq  # noqa: E402
+from dfq.config import QuantConfig, preset  # noqa: E402
+from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
+from dfq.evaluation import classification_metrics  # noqa: E402
+from dfq.models import data_config, eval_transform, load_model  # noqa: E402
+from dfq.quant.calibrate import calibrate  # noqa: E402
+from dfq.quant.transform import quantize_  # noqa: E402
+
+WEIGHTS = {"deit_tiny": "deit_tiny_patch16_224.pth"}
+
+
+def parse_variant(text: str) -> tuple[QuantConfig, dict[str, str]]:
+    name, _, rest = text.partition(":")
+    scheme, _, numerics = name.partition("-")
+    cfg = preset(scheme, numerics or "trt")
+    opts = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    if "act" in opts:
+        cfg = dataclasses.replace(cfg, act=dataclasses.replace(cfg.act, calibrator=opts["act"]))
+    if "weight" in opts:
+        cfg = dataclasses.replace(cfg, weight=dataclasses.replace(cfg.weight, calibrator=opts["weight"]))
+    sites = set(cfg.act_sites)
+    sites -= set(filter(None, opts.get("drop", "").split("+")))
+    sites |= set(filter(None, opts.get("add", "").split("+")))
+    cfg = dataclasses.replace(
+        cfg,
+        act_sites=frozenset(sites),
+        quantize_head=opts.get("head", "1") == "1",
+        quantize_patch_embed=opts.get("pe", "1") == "1",
+    )
+    return cfg, opts
+
+
+NOISE_STUDY = [
+    # paper placement with noise, then one site family restored to float at a time
+    "w8a8-paper:calib=noise",
+    "w8a8-paper:calib=real",
+    "w8a8-paper:calib=noise,drop=image",
+    "w8a8-paper:calib=noise,drop=pos_embed+pos_add+cls_concat+embed",
+    "w8a8-paper:calib=noise,drop=residual",
+    "w8a8-paper:calib=noise,drop=logits",
+    "w8a8-paper:calib=noise,drop=scores",
+    "w8a8-paper:calib=noise,drop=head_in+logits",
+    "w8a8-paper:calib=noise,drop=proj_out+fc2_out",
+    "w8a8-paper:calib=noise,drop=qkv_out+scores+residual+proj_out+fc2_out+logits",
+    "w8a8:calib=noise",
+    "w8a8:calib=real",
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--assets", default=os.environ.get("DFQ_ASSETS", "../shared/assets"))
+    ap.add_argument("--model", default="deit_tiny")
+    ap.add_argument("--variants", nargs="*", default=[])
+    ap.add_argument("--study", choices=["noise-placement"], default=None)
+    ap.add_argument("--num-calib", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=None, help="evaluate on at most this many images")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args()
+
+    assets = Path(args.assets)
+    folder = assets / "data" / "imagenet-sample" / "val"
+    model = load_model(args.model, checkpoint=assets / "weights" / WEIGHTS[args.model], pretrained=False)
+    cfg = data_config(model)
+    tf = eval_transform(cfg)
+    dataset = labelled_imagenet_folder(folder, tf)
+    if args.limit:
+        dataset = torch.utils.data.Subset(dataset, range(args.limit))
+    images, labels = [], []
+    for x, y in make_loader(dataset, batch_size=100, num_workers=2):
+        images.append(x)
+        labels.append(y)
+    images, labels = torch.cat(images), torch.cat(labels)
+    real = load_image_tensor(folder, tf, args.num_calib, seed=0)
+    noise = dfq.invert(model, "noise", num_images=args.num_calib, seed=0).images
+
+    def logits_of(m: torch.nn.Module) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([m(images[i : i + 100]) for i in range(0, len(images), 100)])
+
+    fp = logits_of(model)
+    fp_m = classification_metrics(fp, labels)
+    print(f"FP {args.model}: top-1 {fp_m['top1']:.4f} top-5 {fp_m['top5']:.4f} on {len(labels)} images")
+    rows = [{"variant": "fp", **fp_m}]
+    variants = args.variants + (NOISE_STUDY if args.study == "noise-placement" else [])
+    print(f"{'variant':60s} {'top1':>7s} {'Δtop1':>7s} {'agree':>7s} {'KL':>7s} {'sec':>5s}")
+    for v in variants:
+        t0 = time.perf_counter()
+        qcfg, opts = parse_variant(v)
+        calib = noise if opts.get("calib", "real") == "noise" else real
+        q = quantize_(copy.deepcopy(model), qcfg)
+        calibrate(q, lambda m, c=calib: [m(c[i : i + 32]) for i in range(0, len(c), 32)])
+        m = classification_metrics(logits_of(q), labels, reference_logits=fp)
+        dt = time.perf_counter() - t0
+        print(
+            f"{v:60s} {m['top1']:7.4f} {100 * (m['top1'] - fp_m['top1']):+7.2f} {m['agreement']:7.4f} "
+            f"{m['kl']:7.4f} {dt:5.0f}",
+            flush=True,
+        )
+        rows.append({"variant": v, **m, "seconds": round(dt, 1)})
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The ``dfq`` command line: parse options, build a config, make one API call, print the result.
+
+Exit codes: 0 success, 2 bad input (one-line ``error: ...`` on stderr, no traceback; set
+``DFQ_DEBUG=1`` to see it), 130 interrupted.
+Commands that produce figures print them as JSON with ``--json`` (for pipelines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from dfq.calibrators import calibrator_names
+from dfq.config import VIT_SITES, preset
+from dfq.errors import DfqError
+from dfq.inversion.registry import inverter_names
+
+__all__ = ["cli", "main"]
+
+
+def _model_options(f):  # noqa: ANN001, ANN202
+    f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                     help="Where to run (default: cuda when available).")(f)
+    f = click.option("--no-pretrained", "no_pretrained", is_flag=True,
+                     help="Random initialization (tests, speed benchmarks).")(f)
+    f = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                     help="Local weights: .pth/.pt/.bin/.safetensors, plain or {'model'|'state_dict': ...}.")(f)
+    return f  # fmt: skip
+
+
+def _print(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for key in ("fp", "quant"):
+        if key in report:
+            r = report[key]
+            click.echo(f"{key:>6}: top-1 {_pct(r.get('top1'))}  top-5 {_pct(r.get('top5'))}")
+    if "agreement" in report:
+        click.echo(f"agreement with FP: {_pct(report['agreement'])}   KL(FP||quant): {report['kl']:.4f}")
+
+
+def _pct(v: float | None) -> str:
+    return "  n/a" if v is None else f"{100 * v:5.2f}%"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dfq")
+def cli() -> None:
+    """dfq: data-free quantization and deployment for timm models."""
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="timm name or alias (deit_tiny, deit_base, ...).")
+@_model_options
+@click.option("--scheme", type=click.Choice(["w8a8", "w4a8"]), default="w8a8", show_default=True)
+@click.option("--numerics", type=click.Choice(["trt", "paper"]), default="trt", show_default=True,
+              help="trt: symmetric INT8 as TensorRT runs it; paper: PSAQ-ViT/SMI asymmetric activations.")
+@click.option("--calibrator", type=click.Choice(calibrator_names()), default="minmax", show_default=True,
+              help="Activation range calibrator.")
+@click.option("--weight-calibrator", type=click.Choice(calibrator_names()), default=None,
+              help="Per-channel weight range search (default: the preset's, minmax).")
+@click.option("--calib-folder", type=click.Path(), default=None, help="Real images for calibration.")
+@click.option("--inversion", type=click.Choice(inverter_names()), default=None,
+              help="Make the calibration set from the model alone.")
+@click.option("--num-images", type=int, default=32, show_default=True, help="Calibration images.")
+@click.option("--eval-folder", type=click.Path(), default=None, help="ImageNet-style <wnid>/<image> folder.")
+@click.option("--eval-images", type=int, default=None, help="Evaluate at most this many images.")
+@click.option("--sites", default=None,
+              help=f"Comma-separated activation sites replacing the preset's (ViT: {','.join(VIT_SITES)}).")
+@click.option("--no-head", is_flag=True, help="Leave the classifier in float.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, scheme: str,
+              numerics: str, calibrator: str, weight_calibrator: str | None, calib_folder: str | None,
+              inversion: str | None, num_images: int, eval_folder: str | None, eval_images: int | None,
+              sites: str | None, no_head: bool, batch_size: int, seed: int, out: str, force: bool,
+              as_json: bool) -> None:
+    """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
+    from dfq.pipeline import CalibrationJob, default_device, run_calibration
+
+    config = preset(scheme, numerics)
+    changes: dict[str, Any] = {"act": dataclasses.replace(config.act, calibrator=calibrator)}
+    if weight_calibrator:
+        changes["weight"] = dataclasses.replace(config.weight, calibrator=weight_calibrator)
+    if sites is not None:
+        changes["act_sites"] = frozenset(s.strip() for s in sites.split(",") if s.strip())
+    if no_head:
+        changes["quantize_head"] = False
+    config = dataclasses.replace(config, **changes)
+    job = CalibrationJob(
+        out=out, config=config, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
+        calib_folder=calib_folder, inversion=inversion, num_images=num_images, eval_folder=eval_folder,
+        eval_images=eval_images, batch_size=batch_size, seed=seed, device=device or default_device(),
+        overwrite=force, progress=not as_json,
+    )  # fmt: skip
+    report = run_calibration(job)
+    _print(report, as_json)
+    if not as_json:
+        click.echo(f"run written to {out}")
+
+
+@cli.command(name="eval")
+@click.argument("run", required=False, type=click.Path())
+@click.option("--model", "model_name", default=None, help="Evaluate a float model instead of a run.")
+@_model_options
+@click.option("--data", required=True, type=click.Path(), help="ImageNet-style <wnid>/<image> folder.")
+@click.option("--limit", type=int, default=None, help="Evaluate at most this many images.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def eval_cmd(run: str | None, model_name: str | None, checkpoint: str | None, no_pretrained: bool,
+             device: str | None, data: str, limit: int | None, batch_size: int, as_json: bool) -> None:
+    """Top-1/top-5 of a run (with agreement and KL to its float weights) or of a float model."""
+    from dfq.pipeline import evaluate_folder
+
+    if run is not None and (model_name or checkpoint):
+        raise DfqError("give a run directory or --model/--checkpoint, not both")
+    report = evaluate_folder(
+        data, run=run, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
+        device=device, batch_size=batch_size, limit=limit, progress=not as_json,
+    )  # fmt: skip
+    _print(report, as_json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input -> one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="dfq", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except (DfqError, ValueError) as e:
+        if os.environ.get("DFQ_DEBUG"):
+            raise
+        click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+        sys.exit(2)
+    sys.exit(0)

@@ -1,0 +1,245 @@
+"""Frozen quantization configs and the named presets (W8A8 / W4A8 in ``trt`` and ``paper`` numerics).
+
+A :class:`QuantSpec` says how one kind of tensor is quantized (bits, symmetry, granularity, range
+calibrator by registry name); a :class:`QuantConfig` pairs a weight spec with an activation spec and
+names the *sites* where activations are observed. Configs validate by raising, round-trip through
+JSON with an allow-list and carry a version. Variants are made with :func:`dataclasses.replace`.
+
+This module imports no calibrator: calibrators are referred to by name and resolved by the quantizer.
+
+Activation sites (see ``docs/quantization.md`` for the full table)::
+
+    ViT     image embed cls_concat pos_embed pos_add qkv_in qkv_out q k v scores softmax
+            proj_in proj_out residual fc1_in fc2_in fc2_out head_in logits
+    CNN     conv_in linear_in
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "QuantSpec",
+    "QuantConfig",
+    "VIT_SITES",
+    "CNN_SITES",
+    "TRT_VIT_SITES",
+    "PAPER_VIT_SITES",
+    "presets",
+    "preset",
+    "CONFIG_VERSION",
+]
+
+CONFIG_VERSION = 1
+
+VIT_SITES: tuple[str, ...] = (
+    "image",  # normalized input image = patch-embed conv input
+    "embed",  # patch-embed output
+    "cls_concat",  # tokens after CLS concatenation (shared range with the CLS token)
+    "pos_embed",  # the position-embedding parameter
+    "pos_add",  # tokens after adding the position embedding
+    "qkv_in",  # LayerNorm1 output = qkv Linear input
+    "qkv_out",  # qkv Linear output, one range shared by q, k, v (PSAQ-ViT)
+    "q",  # scaled query, input of q @ k^T
+    "k",  # key, input of q @ k^T
+    "v",  # value, input of attn @ v
+    "scores",  # q @ k^T scores before softmax (PSAQ-ViT)
+    "softmax",  # attention probabilities, input of attn @ v
+    "proj_in",  # attn @ v output = proj Linear input
+    "proj_out",  # proj Linear output
+    "residual",  # both residual sums of every block
+    "fc1_in",  # LayerNorm2 output = fc1 input
+    "fc2_in",  # GELU output = fc2 input
+    "fc2_out",  # fc2 output
+    "head_in",  # final LayerNorm output (CLS) = classifier input
+    "logits",  # classifier output
+)
+CNN_SITES: tuple[str, ...] = ("conv_in", "linear_in")
+
+# What TensorRT needs for INT8 kernels: inputs of every weighted op and of both attention matmuls.
+TRT_VIT_SITES = frozenset({"image", "qkv_in", "q", "k", "v", "softmax", "proj_in", "fc1_in", "fc2_in", "head_in"})
+# PSAQ-ViT / SMI observer placement (ALGORITHMS.md section 1.5).
+PAPER_VIT_SITES = frozenset(
+    {
+        "image", "embed", "cls_concat", "pos_embed", "pos_add", "qkv_in", "qkv_out", "scores",
+        "proj_in", "proj_out", "residual", "fc1_in", "fc2_in", "fc2_out", "head_in", "logits",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one kind of tensor is quantized.
+
+    Attributes:
+        num_bits: integer code width (2..16).
+        symmetric: signed code, zero-point 0, range ``[-amax, amax]``; else unsigned affine.
+        per_channel: one range per output channel (axis 0 of a weight); else one per tensor.
+        paper_scale: symmetric divisor ``(2^b - 1) / 2`` (PSAQ-ViT) instead of ``2^(b-1) - 1``.
+        calibrator: registry name in :mod:`dfq.calibrators` (minmax, percentile, mse, entropy).
+        calibrator_args: extra keyword arguments for the calibrator, as sorted ``(key, value)`` pairs.
+    """
+
+    num_bits: int = 8
+    symmetric: bool = True
+    per_channel: bool = False
+    paper_scale: bool = False
+    calibrator: str = "minmax"
+    calibrator_args: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_bits, int) or not 2 <= self.num_bits <= 16:
+            raise ValueError(f"num_bits must be an integer in [2, 16], got {self.num_bits!r}")
+        if self.paper_scale and not self.symmetric:
+            raise ValueError("paper_scale applies to symmetric specs only")
+        if not self.calibrator or not isinstance(self.calibrator, str):
+            raise ValueError("calibrator must be a registry name such as 'minmax'")
+        args = self.calibrator_args
+        if isinstance(args, Mapping):
+            args = tuple(args.items())
+        object.__setattr__(self, "calibrator_args", tuple(sorted((str(k), v) for k, v in args)))
+
+    @property
+    def calibrator_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the calibrator constructor."""
+        return {
+            "num_bits": self.num_bits,
+            "symmetric": self.symmetric,
+            "paper": self.paper_scale,
+            **dict(self.calibrator_args),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["calibrator_args"] = dict(self.calibrator_args)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantSpec:
+        _check_keys(cls, d)
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A whole-model quantization recipe.
+
+    Attributes:
+        weight: spec for weights of quantized Linear/Conv layers.
+        act: spec for activations at every enabled site.
+        act_sites: enabled activation sites (names in ``VIT_SITES`` / ``CNN_SITES``).
+        quantize_head: quantize the classifier (its weight and, where enabled, its input/output).
+        quantize_patch_embed: quantize the ViT patch-embedding convolution (weight and input image).
+        numerics: label of the numerics family, ``trt``, ``paper`` or ``custom`` (reports, export checks).
+        name: preset name, informational.
+        version: schema version of this recipe.
+    """
+
+    weight: QuantSpec = field(default_factory=lambda: QuantSpec(per_channel=True))
+    act: QuantSpec = field(default_factory=QuantSpec)
+    act_sites: frozenset[str] = TRT_VIT_SITES | frozenset(CNN_SITES)
+    quantize_head: bool = True
+    quantize_patch_embed: bool = True
+    numerics: str = "trt"
+    name: str = ""
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        sites = frozenset(self.act_sites)
+        unknown = sites - set(VIT_SITES) - set(CNN_SITES)
+        if unknown:
+            raise ValueError(
+                f"unknown activation site(s) {sorted(unknown)}; valid: {', '.join(VIT_SITES + CNN_SITES)}"
+            )
+        if {"qkv_out"} & sites and {"q", "k", "v"} & sites:
+            raise ValueError("'qkv_out' (one shared q/k/v range) and separate 'q'/'k'/'v' sites exclude each other")
+        object.__setattr__(self, "act_sites", sites)
+        if self.act.per_channel:
+            raise ValueError("activations are quantized per tensor (TensorRT's rule); set act.per_channel=False")
+        if self.numerics not in ("trt", "paper", "custom"):
+            raise ValueError(f"numerics must be trt, paper or custom, got {self.numerics!r}")
+        if self.version != CONFIG_VERSION:
+            raise ValueError(f"recipe version {self.version} is not supported (this dfq reads {CONFIG_VERSION})")
+
+    @property
+    def trt_compatible(self) -> bool:
+        """True when TensorRT can execute these numerics (symmetric INT8 Q/DQ, zero-point 0)."""
+        return (
+            self.act.symmetric
+            and self.weight.symmetric
+            and not self.act.paper_scale
+            and not self.weight.paper_scale
+            and self.act.num_bits == 8
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weight": self.weight.to_dict(),
+            "act": self.act.to_dict(),
+            "act_sites": sorted(self.act_sites),
+            "quantize_head": self.quantize_head,
+            "quantize_patch_embed": self.quantize_patch_embed,
+            "numerics": self.numerics,
+            "name": self.name,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
+        _check_keys(cls, d)
+        d = dict(d)
+        d["weight"] = QuantSpec.from_dict(d["weight"])
+        d["act"] = QuantSpec.from_dict(d["act"])
+        d["act_sites"] = frozenset(d["act_sites"])
+        return cls(**d)
+
+
+def _check_keys(cls: type, d: Mapping[str, Any]) -> None:
+    """Allow-list: refuse keys that are not fields of ``cls``."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    extra = set(d) - allowed
+    if extra:
+        raise ValueError(f"unknown {cls.__name__} key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+
+
+def _trt(weight_bits: int) -> QuantConfig:
+    return QuantConfig(
+        weight=QuantSpec(num_bits=weight_bits, symmetric=True, per_channel=True),
+        act=QuantSpec(num_bits=8, symmetric=True),
+        act_sites=TRT_VIT_SITES | frozenset(CNN_SITES),
+        numerics="trt",
+        name=f"w{weight_bits}a8",
+    )
+
+
+def _paper(weight_bits: int) -> QuantConfig:
+    return QuantConfig(
+        weight=QuantSpec(num_bits=weight_bits, symmetric=True, per_channel=True, paper_scale=True),
+        act=QuantSpec(num_bits=8, symmetric=False),
+        act_sites=PAPER_VIT_SITES | frozenset(CNN_SITES),
+        numerics="paper",
+        name=f"w{weight_bits}a8-paper",
+    )
+
+
+presets: dict[str, QuantConfig] = {
+    "w8a8": _trt(8),
+    "w4a8": _trt(4),
+    "w8a8-paper": _paper(8),
+    "w4a8-paper": _paper(4),
+}
+
+
+def preset(scheme: str, numerics: str = "trt") -> QuantConfig:
+    """The preset for ``scheme`` (``w8a8`` | ``w4a8``) in ``numerics`` (``trt`` | ``paper``).
+
+    >>> preset("w4a8").weight.num_bits, preset("w4a8", "paper").act.symmetric
+    (4, False)
+    """
+    key = scheme.lower() if numerics == "trt" else f"{scheme.lower()}-{numerics}"
+    if key not in presets:
+        raise ValueError(f"unknown scheme/numerics {scheme!r}/{numerics!r}; schemes: w8a8, w4a8; numerics: trt, paper")
+    return presets[key]

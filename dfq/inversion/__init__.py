@@ -1,0 +1,42 @@
+"""Calibration data from the model alone: the inversion registry and ``invert()``.
+
+Registered sources: ``noise`` (Gaussian baseline). SMI, DeepInversion and CMI register here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfq.data import CalibrationSet
+from dfq.inversion import noise  # noqa: F401  (registers)
+from dfq.inversion.registry import check_family, get_inverter, inverter_names, register_inverter
+from dfq.models import data_config, model_family
+
+__all__ = ["invert", "inverter_names", "register_inverter", "get_inverter"]
+
+
+def invert(
+    model: nn.Module,
+    method: str = "noise",
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **config: Any,
+) -> CalibrationSet:
+    """Synthesize a calibration set from ``model`` with the registered ``method``.
+
+    Args:
+        model: the float model (left unchanged).
+        method: registry name (``dfq.inversion.inverter_names()``).
+        device: where to run.
+        progress: show a progress bar.
+        **config: fields of the method's frozen config (e.g. ``num_images=32, seed=0``).
+    """
+    entry = get_inverter(method)
+    check_family(entry, model, model_family(model))
+    cfg = entry.make_config(**config)
+    input_size = tuple(data_config(model)["input_size"])
+    return entry.fn(model, cfg, input_size=input_size, device=device, progress=progress)

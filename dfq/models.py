@@ -1,0 +1,424 @@
+"""Models: timm names and aliases, local checkpoints, preprocessing, ImageNet classes, model family.
+
+This module owns the edge where a user's model reference becomes an ``nn.Module``:
+
+* name resolution (short aliases such as ``deit_tiny`` → ``deit_tiny_patch16_224``, any timm name,
+  close-match suggestions for typos);
+* local checkpoints (``.pth``/``.pt``/``.bin``/any torch file via ``torch.load(weights_only=True)``,
+  ``.safetensors``), unwrapping the usual training wrappers and a ``module.`` prefix, with a readable
+  key diff on mismatch;
+* pretrained weights from the hub that fail *fast* when the hub cannot be reached (no 45 s of retries);
+* the model's own evaluation preprocessing (timm ``resolve_data_config`` / ``create_transform``);
+* the ImageNet-1k class index (timm's sorted WordNet synset list);
+* model family detection: a CLS-token ViT (for sparse inversion) or a BatchNorm CNN (for BN priors).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import pickle
+import socket
+import threading
+import warnings
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from dfq.errors import DfqError
+
+ALIASES: dict[str, str] = {
+    **{f"deit_{s}": f"deit_{s}_patch16_224" for s in ("tiny", "small", "base")},
+    **{f"vit_{s}": f"vit_{s}_patch16_224" for s in ("tiny", "small", "base", "large")},
+}
+"""Short names accepted everywhere a model name is: alias → timm model name."""
+
+ModelFamily = Literal["vit", "cnn", "other"]
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
+_STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+_NO_HUB_HINT = "pass --checkpoint FILE (a local state_dict) or --no-pretrained (random weights)"
+_PROBE_TIMEOUT_S = 1.0
+_DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+# --------------------------------------------------------------------------------------------- names
+def resolve_model_name(name: str) -> str:
+    """Resolve an alias or a timm model name to the timm name.
+
+    Args:
+        name: An alias from :data:`ALIASES` (case-insensitive) or any timm model name, optionally with a
+            pretrained tag (``vit_base_patch16_224.augreg_in21k``).
+
+    Returns:
+        The timm model name to pass to ``timm.create_model``.
+
+    Raises:
+        DfqError: The name is neither an alias nor a timm model; the message lists close matches.
+    """
+    key = name.strip()
+    if key.lower() in ALIASES:
+        return ALIASES[key.lower()]
+    if key and timm.is_model(key):
+        return key
+    candidates = [*ALIASES, *timm.list_models()]
+    close = difflib.get_close_matches(key.lower(), candidates, n=5, cutoff=0.6)
+    hint = f"did you mean: {', '.join(close)}?" if close else "see timm.list_models()"
+    raise DfqError(
+        f"unknown model {name!r}: {hint} (aliases: {', '.join(ALIASES)}; any timm model name works)"
+    )
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+def checkpoint_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks (constant memory).
+
+    Args:
+        path: The file to hash.
+        chunk_size: Bytes read per chunk.
+
+    Returns:
+        The hex digest.
+
+    Raises:
+        DfqError: The file does not exist or cannot be read.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(chunk_size):
+                digest.update(chunk)
+    except OSError as e:
+        raise DfqError(f"cannot read checkpoint {path}: {e.strerror or e}; check the path") from e
+    return digest.hexdigest()
+
+
+def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a local checkpoint file onto the CPU.
+
+    ``.safetensors`` files are read with safetensors; anything else (``.pth``, ``.pt``, ``.bin``,
+    ``.th``, …) with ``torch.load(map_location="cpu", weights_only=True)``, so no code in the file runs.
+    Training wrappers ``{"model": …}``, ``{"state_dict": …}``, ``{"model_state": …}`` (and
+    ``{"model_state_dict": …}``) are unwrapped, and a ``module.`` (DataParallel) or ``_orig_mod.``
+    (torch.compile) prefix is stripped when every key carries it.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The state_dict, parameter name → tensor.
+
+    Raises:
+        DfqError: The file is missing, corrupt, or holds no state_dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DfqError(f"checkpoint {path} does not exist or is not a file; check the path")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure to decode means a bad file, reported in one line
+        if isinstance(e, pickle.UnpicklingError):  # torch's own text advises weights_only=False: don't
+            reason = "not a torch file of plain tensors; dfq loads with weights_only=True"
+        else:
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
+        raise DfqError(
+            f"cannot read checkpoint {path} ({reason}); pass an intact state_dict file "
+            "(torch.save(model.state_dict(), ...) or .safetensors)"
+        ) from e
+    return _as_state_dict(obj, path)
+
+
+def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Unwrap training wrappers and DataParallel prefixes; require a flat name → tensor mapping."""
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise DfqError(f"checkpoint {path} holds no state_dict (found {type(obj).__name__}); save model.state_dict()")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        shown = ", ".join(map(str, list(obj)[:6]))
+        raise DfqError(
+            f"checkpoint {path} is not a state_dict (top-level keys: {shown}); save model.state_dict(), "
+            f"or one under {'/'.join(_WRAPPER_KEYS[:3])}"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    for prefix in _STRIP_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _state_dict_diff(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and ``name (ckpt shape vs model shape)`` mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
+def _format_diff(missing: list[str], unexpected: list[str], mismatched: list[str], first: int = 3) -> str:
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f", … +{len(items) - first}" if len(items) > first else ""
+            parts.append(f"{len(items)} {label} ({', '.join(items[:first])}{more})")
+    return "; ".join(parts)
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True, source: str = "") -> None:
+    """Load ``state`` into ``model`` with a readable diff instead of PyTorch's wall of keys.
+
+    Args:
+        model: The module to fill.
+        state: Parameter name → tensor.
+        strict: Every key must match by name and shape; otherwise only matching entries are loaded and
+            the diff becomes a warning.
+        source: Where ``state`` came from, for messages (e.g. the checkpoint path).
+
+    Raises:
+        DfqError: ``strict`` and the keys or shapes differ.
+    """
+    missing, unexpected, mismatched = _state_dict_diff(model, state)
+    if missing or unexpected or mismatched:
+        where = f" from {source}" if source else ""
+        msg = f"state_dict{where} does not fit {type(model).__name__}: {_format_diff(missing, unexpected, mismatched)}"
+        if strict:
+            raise DfqError(f"{msg}; pass the checkpoint that matches this model (or a matching model name)")
+        warnings.warn(msg, stacklevel=3)
+        bad = {m.split(" ", 1)[0] for m in mismatched}
+        state = {k: v for k, v in state.items() if k not in bad and k not in unexpected}
+    model.load_state_dict(state, strict=strict)
+
+
+# ------------------------------------------------------------------------------------------ the hub
+def _hub_offline() -> bool:
+    """Whether the environment asks for offline hub access (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_host() -> str:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return urlparse(endpoint).hostname or "huggingface.co"
+
+
+def hub_reachable(host: str | None = None, port: int = 443, timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """Probe the model hub with one TCP connect, DNS included, bounded by ``timeout`` seconds.
+
+    The connect runs in a daemon thread, so a resolver that hangs cannot hold the caller.
+
+    Args:
+        host: Host to probe; default the ``HF_ENDPOINT`` host or ``huggingface.co``.
+        port: TCP port.
+        timeout: Upper bound on the wait, in seconds.
+
+    Returns:
+        True when a connection was established within ``timeout``.
+    """
+    host = host or _hub_host()
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="dfq-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _create_pretrained(resolved: str, **timm_kwargs: Any) -> nn.Module:
+    """``timm.create_model(pretrained=True)`` that fails within about a second when it cannot download."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(resolved)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise DfqError(f"timm has no pretrained weights for {resolved}: {_NO_HUB_HINT}")
+    if _hub_offline():
+        if not cfg.hf_hub_id and not cfg.file:  # a URL download ignores HF_HUB_OFFLINE: check its cache
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+            if not cached.is_file():
+                raise DfqError(f"pretrained weights for {resolved} are not cached and the hub is offline: {_NO_HUB_HINT}")
+        try:
+            return timm.create_model(resolved, pretrained=True, **timm_kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DfqError(
+                f"pretrained weights for {resolved} are not in the local cache and the hub is offline "
+                f"(HF_HUB_OFFLINE): {_NO_HUB_HINT}"
+            ) from e
+    if not cfg.file and not hub_reachable():
+        raise DfqError(f"the model hub ({_hub_host()}) is unreachable, so {resolved} has no pretrained weights: {_NO_HUB_HINT}")
+    try:
+        return timm.create_model(resolved, pretrained=True, **timm_kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise DfqError(f"could not fetch pretrained weights for {resolved} ({type(e).__name__}): {_NO_HUB_HINT}") from e
+
+
+def load_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = True,
+    *,
+    strict: bool = True,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """Build a timm model by name (or alias) and fill it with weights; returned in eval mode.
+
+    Weights come from, in order: ``checkpoint`` (a local file; ``pretrained`` is then ignored), the hub
+    when ``pretrained`` (fails within about a second when the hub cannot be reached or
+    ``HF_HUB_OFFLINE`` is set and the weights are not cached), or random initialization.
+
+    Args:
+        name: Alias (``deit_tiny``) or timm model name.
+        checkpoint: Local state_dict file, see :func:`load_checkpoint_state`.
+        pretrained: Download timm's pretrained weights when no checkpoint is given.
+        strict: Checkpoint keys and shapes must match the model exactly.
+        **timm_kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes=10``).
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        DfqError: Unknown name, unreadable or mismatching checkpoint, or unreachable hub.
+
+    Example:
+        >>> model = load_model("test_vit", pretrained=False)
+        >>> model.training
+        False
+    """
+    resolved = resolve_model_name(name)
+    if checkpoint is not None:
+        state = load_checkpoint_state(checkpoint)
+        model = timm.create_model(resolved, pretrained=False, **timm_kwargs)
+        load_state_into(model, state, strict=strict, source=str(checkpoint))
+    elif pretrained:
+        model = _create_pretrained(resolved, **timm_kwargs)
+    else:
+        model = timm.create_model(resolved, pretrained=False, **timm_kwargs)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+def data_config(model: nn.Module, **overrides: Any) -> dict[str, Any]:
+    """The model's evaluation preprocessing, from its timm ``pretrained_cfg``, with overrides.
+
+    Args:
+        model: A timm model (others get timm's ImageNet defaults).
+        **overrides: Replacements for ``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
+            ``crop_mode``; e.g. ``mean=(0.5,) * 3, std=(0.5,) * 3`` for ``x/127.5 - 1`` inputs.
+
+    Returns:
+        Dict with exactly those six keys (``input_size`` as ``(C, H, W)``, mean/std as float tuples).
+
+    Raises:
+        DfqError: An override key is not one of the six.
+    """
+    unknown = sorted(set(overrides) - set(_DATA_CONFIG_KEYS))
+    if unknown:
+        raise DfqError(f"unknown preprocessing option(s) {', '.join(unknown)}; use {', '.join(_DATA_CONFIG_KEYS)}")
+    from timm.data import resolve_data_config
+
+    config = dict(resolve_data_config({}, model=model))
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    size = config["input_size"]
+    if isinstance(size, int):
+        size = (3, size, size)
+    elif len(size) == 2:
+        size = (3, *size)
+    config["input_size"] = tuple(int(s) for s in size)
+    for key in ("mean", "std"):
+        config[key] = tuple(float(v) for v in config[key])
+    return {k: config.get(k) for k in _DATA_CONFIG_KEYS}
+
+
+def eval_transform(config: Mapping[str, Any]) -> Any:
+    """The evaluation transform (resize, center crop, to tensor, normalize) for a :func:`data_config`.
+
+    Args:
+        config: Output of :func:`data_config`.
+
+    Returns:
+        A callable PIL image → float tensor ``(C, H, W)`` in model-input (normalized) space.
+    """
+    from timm.data import create_transform
+
+    return create_transform(**{k: config[k] for k in _DATA_CONFIG_KEYS if k in config}, is_training=False)
+
+
+# --------------------------------------------------------------------------------- ImageNet classes
+@lru_cache(maxsize=1)
+def _synsets() -> tuple[str, ...]:
+    from timm.data import ImageNetInfo
+
+    return tuple(ImageNetInfo("imagenet-1k").label_names())
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in class-index order (sorted; timm's packaged list)."""
+    return list(_synsets())
+
+
+@lru_cache(maxsize=1)
+def _wnid_index() -> tuple[tuple[str, int], ...]:
+    return tuple((wnid, i) for i, wnid in enumerate(_synsets()))
+
+
+def wnid_to_index() -> dict[str, int]:
+    """WordNet id → ImageNet-1k class index (``n01440764`` → 0 … ``n15075141`` → 999)."""
+    return dict(_wnid_index())
+
+
+# ----------------------------------------------------------------------------------------- families
+def is_cls_vit(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm ``VisionTransformer`` classifying from a lone CLS token.
+
+    True when it has a CLS token, ``global_pool == "token"`` and no other prefix tokens (no register or
+    distillation tokens), so token 0 is the CLS token and tokens 1… are patches.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    return (
+        isinstance(model, VisionTransformer)
+        and getattr(model, "cls_token", None) is not None
+        and getattr(model, "global_pool", None) == "token"
+        and getattr(model, "num_reg_tokens", 0) == 0
+        and getattr(model, "num_prefix_tokens", 1) == 1
+    )
+
+
+def model_family(model: nn.Module) -> ModelFamily:
+    """Classify a model for the inversion methods.
+
+    Returns:
+        ``"vit"`` for a CLS-token timm ViT (see :func:`is_cls_vit`), ``"cnn"`` for any model with
+        ``BatchNorm2d`` layers (BN-statistics prior applies), else ``"other"``.
+    """
+    if is_cls_vit(model):
+        return "vit"
+    if any(isinstance(m, nn.BatchNorm2d | nn.SyncBatchNorm) for m in model.modules()):
+        return "cnn"
+    return "other"

@@ -1,0 +1,293 @@
+"""The calibrate job as one API call: model -> calibration set -> fake-quant -> report -> run directory.
+
+``dfq calibrate`` is a thin layer over :func:`run_calibration`; pipelines call it directly with a
+:class:`CalibrationJob` (and, for models that are not timm names, the float ``nn.Module``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dfq.config import QuantConfig
+from dfq.data import CalibrationSet, labelled_imagenet_folder, load_image_tensor, make_loader
+from dfq.errors import DfqError
+from dfq.evaluation import TorchPredictor, evaluate
+from dfq.models import checkpoint_sha256, data_config, eval_transform, load_model, model_family
+from dfq.quant.calibrate import calibrate
+from dfq.quant.transform import quantize_
+from dfq.runs import (
+    CALIBRATION_DIR,
+    RECIPE,
+    run_directory,
+    save_quant_state,
+    versions,
+    write_json,
+    write_report,
+)
+
+__all__ = ["CalibrationJob", "run_calibration", "evaluate_folder", "calibration_forward_loop", "default_device"]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    """Everything ``dfq calibrate`` needs.
+
+    Attributes:
+        out: run directory to create.
+        config: quantization recipe (``dfq.config.preset(...)`` or a variant).
+        model: timm name or alias; None when the float module is passed to :func:`run_calibration`.
+        checkpoint: local weights file.
+        pretrained: download timm's weights when no checkpoint is given (off = random init).
+        calib_folder: real images for calibration (exclusive with ``inversion``).
+        inversion: registered inversion method (``noise``, ...), exclusive with ``calib_folder``.
+        inversion_args: extra fields for the inversion config.
+        num_images: calibration images.
+        eval_folder: ImageNet-style ``<wnid>/<image>`` folder for accuracy, agreement and KL.
+        eval_images: evaluate on at most this many images (None = all).
+        batch_size: batch size of calibration and evaluation forwards.
+        seed: seed of image selection and inversion.
+        device: ``cpu`` | ``cuda``.
+        data_overrides: preprocessing overrides (``mean``, ``std``, ``crop_pct``, ...).
+        overwrite: replace an existing run directory.
+        progress: show progress bars.
+    """
+
+    out: str
+    config: QuantConfig
+    model: str | None = None
+    checkpoint: str | None = None
+    pretrained: bool = True
+    calib_folder: str | None = None
+    inversion: str | None = None
+    inversion_args: dict[str, Any] = field(default_factory=dict)
+    num_images: int = 32
+    eval_folder: str | None = None
+    eval_images: int | None = None
+    batch_size: int = 32
+    seed: int = 0
+    device: str = field(default_factory=default_device)
+    data_overrides: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.calib_folder is None) == (self.inversion is None):
+            raise DfqError("give exactly one calibration source: --calib-folder DIR or --inversion METHOD")
+        if self.num_images < 1:
+            raise DfqError("--num-images must be at least 1")
+        if self.batch_size < 1:
+            raise DfqError("--batch-size must be at least 1")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise DfqError("--device cuda requested but CUDA is not available; use --device cpu")
+        for name in ("calib_folder", "eval_folder"):
+            folder = getattr(self, name)
+            if folder is not None and not Path(folder).is_dir():
+                raise DfqError(f"{name.replace('_', '-')} {folder} is not a directory")
+
+
+def calibration_forward_loop(calib: CalibrationSet, batch_size: int, device: str, progress: bool = True):  # noqa: ANN201
+    """A ``forward_loop`` over a calibration set (token-sparse for sets that carry kept-token ids)."""
+
+    def loop(model: nn.Module) -> None:
+        from dfq.vit import forward_tokens
+
+        batches = list(calib.batches(batch_size))
+        for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+            images, keep = (batch if isinstance(batch, tuple) else (batch, None))
+            images = images.to(device)
+            if keep is None:
+                model(images)
+            else:
+                forward_tokens(model, images, keep.to(device))
+
+    return loop
+
+
+@contextmanager
+def _timer(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - t0, 3)
+
+
+def _calibration_set(job: CalibrationJob, model: nn.Module, cfg: dict[str, Any]) -> CalibrationSet:
+    if job.calib_folder is not None:
+        images = load_image_tensor(job.calib_folder, eval_transform(cfg), job.num_images, seed=job.seed)
+        return CalibrationSet(
+            images=images,
+            labels=None,
+            keep_index=None,
+            provenance={"method": "folder", "folder": str(job.calib_folder), "seed": job.seed},
+        )
+    from dfq.inversion import invert
+
+    return invert(
+        model,
+        job.inversion,
+        device=job.device,
+        progress=job.progress,
+        num_images=job.num_images,
+        seed=job.seed,
+        **job.inversion_args,
+    )
+
+
+def run_calibration(job: CalibrationJob, model: nn.Module | None = None) -> dict[str, Any]:
+    """Build, calibrate, evaluate and save a fake-quant model; return the report.
+
+    Args:
+        job: the job description.
+        model: the float model, when it is not a timm name (``job.model`` then only labels reports).
+
+    Returns:
+        The report dict also written to ``RUN/report.json``.
+
+    Raises:
+        DfqError: bad input (missing folders, unknown model, existing run directory, ...).
+    """
+    timings: dict[str, float] = {}
+    source = "timm" if model is None else "python"
+    with run_directory(job.out, overwrite=job.overwrite) as run:
+        with _timer(timings, "load_model"):
+            if model is None:
+                if job.model is None:
+                    raise DfqError("give --model NAME (or pass the float model to run_calibration)")
+                model = load_model(job.model, checkpoint=job.checkpoint, pretrained=job.pretrained)
+            model = model.to(job.device).eval()
+        cfg = data_config(model, **job.data_overrides)
+        with _timer(timings, "calibration_data"):
+            calib = _calibration_set(job, model, cfg)
+        with _timer(timings, "quantize_and_calibrate"):
+            qmodel = quantize_(copy.deepcopy(model), job.config)
+            calibrate(qmodel, calibration_forward_loop(calib, job.batch_size, job.device, job.progress))
+
+        recipe = {
+            "model": {
+                "name": job.model,
+                "source": source,
+                "family": model_family(model),
+                "class": type(model).__name__,
+                "checkpoint": str(job.checkpoint) if job.checkpoint else None,
+                "checkpoint_sha256": checkpoint_sha256(job.checkpoint) if job.checkpoint else None,
+                "pretrained": job.pretrained if job.checkpoint is None else None,
+            },
+            "quant": job.config.to_dict(),
+            "calibration": {
+                "source": job.inversion or "folder",
+                "folder": job.calib_folder,
+                "num_images": len(calib),
+                "seed": job.seed,
+                "inversion_args": dict(job.inversion_args),
+            },
+            "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+            "versions": versions(),
+        }
+        write_json(run / RECIPE, recipe)
+        calib.save(run / CALIBRATION_DIR)
+        save_quant_state(run, recipe, qmodel)
+
+        report: dict[str, Any] = {
+            "model": recipe["model"],
+            "quant_config": recipe["quant"],
+            "calibration": recipe["calibration"],
+        }
+        if job.eval_folder is not None:
+            with _timer(timings, "evaluate"):
+                report.update(_evaluate_pair(job, model, qmodel, cfg))
+        report["timings"] = timings
+        write_report(run, report)
+    return report
+
+
+def _evaluate_pair(job: CalibrationJob, fp: nn.Module, quant: nn.Module, cfg: dict[str, Any]) -> dict[str, Any]:
+    dataset = labelled_imagenet_folder(job.eval_folder, eval_transform(cfg))
+    if job.eval_images is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(job.eval_images, len(dataset))))
+    loader = make_loader(dataset, batch_size=job.batch_size)
+    device = torch.device(job.device)
+    m = evaluate(TorchPredictor(quant, device), loader, reference=TorchPredictor(fp, device), progress=job.progress)
+    return {
+        "fp": m["reference"],
+        "quant": {"top1": m["top1"], "top5": m["top5"]},
+        "agreement": m["agreement"],
+        "kl": m["kl"],
+        "num_eval_images": m["num_images"],
+    }
+
+
+class _FloatView:
+    """Predictor running a fake-quant model with every quantizer off (its exact float reference)."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.inner = TorchPredictor(model, device)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from dfq.quant.calibrate import quantizers_off
+
+        with quantizers_off(self.model):
+            return self.inner(images)
+
+
+def evaluate_folder(
+    data: str,
+    *,
+    run: str | None = None,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    pretrained: bool = True,
+    device: str | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy on an ImageNet-style folder, for a run (quantized vs its float weights) or a model.
+
+    With ``run``: ``quant`` and ``fp`` top-1/top-5, ``agreement`` and ``kl`` (the FP reference is the
+    run's own float weights with quantizers off). With ``model``: ``fp`` top-1/top-5 only.
+    """
+    from dfq.runs import load, read_recipe
+
+    if (run is None) == (model is None):
+        raise DfqError("give either a run directory or --model NAME")
+    if not Path(data).is_dir():
+        raise DfqError(f"--data {data} is not a directory")
+    device = device or default_device()
+    dev = torch.device(device)
+    if run is not None:
+        recipe = read_recipe(run)
+        net = load(run, device=device)
+        cfg = dict(recipe["data_config"])
+    else:
+        net = load_model(model, checkpoint=checkpoint, pretrained=pretrained).to(dev)
+        cfg = data_config(net)
+    dataset = labelled_imagenet_folder(data, eval_transform(cfg))
+    if limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    loader = make_loader(dataset, batch_size=batch_size)
+    if run is None:
+        m = evaluate(TorchPredictor(net, dev), loader, progress=progress)
+        return {"model": model, "fp": {"top1": m["top1"], "top5": m["top5"]}, "num_eval_images": m["num_images"]}
+    m = evaluate(TorchPredictor(net, dev), loader, reference=_FloatView(net, dev), progress=progress)
+    return {
+        "run": str(run),
+        "fp": m["reference"],
+        "quant": {"top1": m["top1"], "top5": m["top5"]},
+        "agreement": m["agreement"],
+        "kl": m["kl"],
+        "num_eval_images": m["num_images"],
+    }

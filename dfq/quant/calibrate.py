@@ -1,0 +1,122 @@
+"""Activation calibration: ``with calibration_mode(model): ...`` and ``calibrate(model, forward_loop)``.
+
+The model-level operation takes a ``forward_loop`` (any callable that runs the model on
+calibration data), so it does not care where the data comes from: real images, model inversion or
+noise. The mode switch is a context manager that restores every quantizer's previous mode when
+the loop raises, and finalizes the ranges only when it succeeds (Brevitas' ``calibration_mode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from dfq.quant.modules import quantizers
+from dfq.quant.quantizer import FakeQuantizer
+
+__all__ = [
+    "calibration_mode",
+    "calibrate",
+    "quantizers_off",
+    "ForwardLoop",
+    "activation_quantizers",
+    "weight_quantizers",
+]
+
+ForwardLoop = Callable[[nn.Module], object]
+
+
+def activation_quantizers(model: nn.Module) -> list[FakeQuantizer]:
+    """Activation quantizers of ``model`` (weight quantizers calibrate from their weights)."""
+    return [q for q in quantizers(model) if q.site != "weight"]
+
+
+def weight_quantizers(model: nn.Module) -> list[FakeQuantizer]:
+    return [q for q in quantizers(model) if q.site == "weight"]
+
+
+@contextmanager
+def calibration_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Collect activation statistics inside the block; set the ranges when it exits cleanly.
+
+    Inside, the model runs in float: weight quantizers are off and every activation quantizer
+    passes tensors through unchanged and feeds them to its calibrator. On a clean exit the ranges are computed and the quantizers switch to
+    ``quantize``. If the block raises, each quantizer gets back its previous mode and range.
+
+    Raises:
+        ValueError: the model has no activation quantizers (call ``quantize_`` first).
+        RuntimeError: after the block, some quantizers saw no data (their names are listed).
+    """
+    acts = activation_quantizers(model)
+    if not acts:
+        raise ValueError("model has no activation quantizers: call dfq.quantize_(model, config) first")
+    weights = weight_quantizers(model)
+    saved = [(q.mode, q.lo.clone(), q.hi.clone()) for q in acts]
+    saved_weights = [q.mode for q in weights]
+    for q in acts:
+        q._calibrator = None
+        q.mode = "calibrate"
+    for q in weights:  # all ranges come from the float model
+        q.mode = "off"
+    try:
+        yield model
+    except BaseException:
+        for q, (mode, lo, hi) in zip(acts, saved, strict=True):
+            q.mode, q._calibrator = mode, None
+            q.load_range(lo, hi)
+        raise
+    finally:
+        for q, mode in zip(weights, saved_weights, strict=True):
+            q.mode = mode
+    names = {id(m): n for n, m in model.named_modules()}
+    missing: list[str] = []
+    for q in acts:
+        try:
+            q.finish_calibration()
+        except RuntimeError:
+            missing.append(names.get(id(q), q.site))
+        q.mode = "quantize"
+    if missing:
+        raise RuntimeError(f"{len(missing)} quantizer(s) saw no calibration data: {', '.join(missing[:8])}")
+
+
+def calibrate(model: nn.Module, forward_loop: ForwardLoop) -> nn.Module:
+    """Calibrate every activation range of a fake-quant model with ``forward_loop(model)``.
+
+    Args:
+        model: a model prepared by :func:`dfq.quantize_`.
+        forward_loop: runs the model on calibration data, e.g.
+            ``lambda m: [m(x) for x in batches]``. It is called once, under ``torch.no_grad()``.
+
+    Returns:
+        The same model, with ranges set and quantizers in ``quantize`` mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with calibration_mode(model), torch.no_grad():
+            forward_loop(model)
+    finally:
+        model.train(was_training)
+    return model
+
+
+@contextmanager
+def quantizers_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in float inside the block: every quantizer (weights too) is an identity.
+
+    A calibrated fake-quant model keeps its float weights, so this gives the exact FP reference
+    without a second copy of the model. Previous modes are restored on exit, also on error.
+    """
+    qs = quantizers(model)
+    saved = [q.mode for q in qs]
+    for q in qs:
+        q.mode = "off"
+    try:
+        yield model
+    finally:
+        for q, mode in zip(qs, saved, strict=True):
+            q.mode = mode

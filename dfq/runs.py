@@ -1,0 +1,195 @@
+"""Run directories: every artifact next to the recipe that made it, written atomically.
+
+Layout of ``RUN/``::
+
+    recipe.json        model name/checkpoint (+ sha256), quant config, calibration source, seed, versions
+    quant_state.pt     {"recipe": ..., "state_dict": ...}: rebuilds the calibrated model (``dfq.load``)
+    calibration/       the calibration set (calibration.safetensors + calibration.json)
+    report.json        figures for pipelines (fp/quant top-1/top-5, agreement, kl, timings)
+    report.md          the same for people
+
+A run is assembled in a hidden sibling ``.RUN.partial-*`` directory and renamed into place only when
+complete, so an interrupted or failed job never leaves a ``RUN/`` that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfq.config import QuantConfig
+from dfq.errors import DfqError
+
+__all__ = [
+    "RECIPE",
+    "QUANT_STATE",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "CALIBRATION_DIR",
+    "run_directory",
+    "write_json",
+    "save_quant_state",
+    "read_recipe",
+    "load",
+    "versions",
+    "write_report",
+]
+
+RECIPE = "recipe.json"
+QUANT_STATE = "quant_state.pt"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CALIBRATION_DIR = "calibration"
+
+
+def versions() -> dict[str, str]:
+    """Versions that determine the numbers in a report."""
+    import timm
+
+    from dfq import __version__
+
+    return {
+        "dfq": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@contextmanager
+def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``out`` when the block succeeds.
+
+    Raises:
+        DfqError: ``out`` exists and ``overwrite`` is False, or its parent cannot be created.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DfqError(f"run directory {out} already exists; choose another --out or pass --force")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DfqError(f"cannot create {out.parent}: {e.strerror}") from None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_quant_state(run: Path, recipe: Mapping[str, Any], model: nn.Module) -> None:
+    """Save the recipe and the full (float weights + quantizer ranges) state dict."""
+    tmp = run / f".{QUANT_STATE}.tmp"
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"recipe": dict(recipe), "state_dict": state}, tmp)
+    os.replace(tmp, run / QUANT_STATE)
+
+
+def read_recipe(run: str | Path) -> dict[str, Any]:
+    path = Path(run) / RECIPE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DfqError(f"{run} is not a dfq run directory (no {RECIPE})") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DfqError(f"cannot read {path}: {e}") from None
+
+
+def load(run: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the calibrated fake-quant model of a run directory.
+
+    Args:
+        run: the run directory.
+        model: the float architecture, for models built by the caller (not timm names); its weights
+            are replaced by the run's. None rebuilds the timm model named in the recipe.
+        device: where to put the model.
+
+    Returns:
+        The quantized model in eval mode, with every range loaded.
+    """
+    from dfq.models import load_model
+    from dfq.quant.transform import quantize_
+
+    path = Path(run) / QUANT_STATE
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DfqError(f"{run} has no {QUANT_STATE}; was the run completed?") from None
+    except Exception as e:  # corrupt file: pickle/zip errors of many kinds
+        raise DfqError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    recipe = blob["recipe"]
+    if model is None:
+        name = recipe["model"].get("name")
+        if recipe["model"].get("source") != "timm" or not name:
+            raise DfqError(f"{run} was made from a model built in Python; pass model=<the float architecture>")
+        model = load_model(name, pretrained=False, **recipe["model"].get("kwargs", {}))
+    quantize_(model, QuantConfig.from_dict(recipe["quant"]))
+    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    if missing or unexpected:
+        raise DfqError(
+            f"{run} does not match this architecture: {len(missing)} missing key(s) (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    return model.to(device).eval()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "—" if v is None else str(v)
+
+
+def write_report(run: Path, report: Mapping[str, Any]) -> None:
+    """Write ``report.json`` and a human-readable ``report.md``."""
+    write_json(run / REPORT_JSON, report)
+    lines = [f"# dfq report: {report.get('model', {}).get('name') or 'model'}", ""]
+    if "fp" in report:
+        lines += ["| model | top-1 | top-5 |", "|---|---|---|"]
+        for key in ("fp", "quant"):
+            r = report[key]
+            lines.append(f"| {key} | {_fmt(r.get('top1'))} | {_fmt(r.get('top5'))} |")
+        lines += [
+            "",
+            f"- top-1 agreement with FP: {_fmt(report.get('agreement'))}",
+            f"- mean KL(FP ‖ quant): {_fmt(report.get('kl'))}",
+            f"- eval images: {report.get('num_eval_images')}",
+        ]
+    q = report.get("quant_config", {})
+    cal = report.get("calibration", {})
+    lines += [
+        "",
+        f"- scheme: {q.get('name')} ({q.get('numerics')} numerics); activation calibrator "
+        f"{q.get('act', {}).get('calibrator')}, weight calibrator {q.get('weight', {}).get('calibrator')}",
+        f"- calibration data: {cal.get('source')} ({cal.get('num_images')} images)",
+    ]
+    if report.get("timings"):
+        lines += ["", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in report["timings"].items()]
+    tmp = run / f".{REPORT_MD}.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, run / REPORT_MD)

@@ -1,0 +1,258 @@
+"""Tests for dfq.models: names, checkpoints, fail-fast hub, preprocessing, ImageNet index, families."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from dfq import models
+from dfq.errors import DfqError
+from dfq.models import (
+    ALIASES,
+    checkpoint_sha256,
+    data_config,
+    eval_transform,
+    imagenet_synsets,
+    is_cls_vit,
+    load_checkpoint_state,
+    load_model,
+    model_family,
+    resolve_model_name,
+    wnid_to_index,
+)
+
+
+def _one_line(err: pytest.ExceptionInfo[DfqError]) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+# ------------------------------------------------------------------------------------------- names
+def test_aliases_resolve_to_timm_models() -> None:
+    assert resolve_model_name("deit_tiny") == "deit_tiny_patch16_224"
+    assert resolve_model_name("DeiT_Base") == "deit_base_patch16_224"
+    assert resolve_model_name("vit_large") == "vit_large_patch16_224"
+    assert set(ALIASES) == {f"deit_{s}" for s in ("tiny", "small", "base")} | {
+        f"vit_{s}" for s in ("tiny", "small", "base", "large")
+    }
+    assert all(timm.is_model(target) for target in ALIASES.values())
+
+
+def test_timm_names_pass_through() -> None:
+    assert resolve_model_name("test_vit") == "test_vit"
+    assert resolve_model_name("vit_base_patch16_224.augreg_in21k") == "vit_base_patch16_224.augreg_in21k"
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    with pytest.raises(DfqError) as err:
+        resolve_model_name("deit_tinny")
+    msg = _one_line(err)
+    assert "deit_tiny" in msg and "aliases" in msg
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def vit_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(123)
+    return {k: v.clone() for k, v in timm.create_model("test_vit", pretrained=False).state_dict().items()}
+
+
+def _assert_same(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+WRAPPERS = {
+    "plain": lambda sd: sd,
+    "model": lambda sd: {"model": sd, "epoch": 3},
+    "state_dict": lambda sd: {"state_dict": sd, "best_prec1": 91.7},
+    "model_state": lambda sd: {"model_state": sd, "optimizer": {"lr": torch.tensor(0.1)}},
+    "module_prefix": lambda sd: {f"module.{k}": v for k, v in sd.items()},
+    "wrapped_module_prefix": lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
+}
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin"])
+def test_checkpoint_round_trip_torch(tmp_path: Path, vit_state: dict, wrapper: str, suffix: str) -> None:
+    path = tmp_path / f"ckpt{suffix}"
+    torch.save(WRAPPERS[wrapper](vit_state), path)
+    model = load_model("test_vit", checkpoint=path)
+    assert not model.training
+    _assert_same(model, vit_state)
+
+
+def test_checkpoint_round_trip_safetensors(tmp_path: Path, vit_state: dict) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    save_file({k: v.contiguous() for k, v in vit_state.items()}, str(path))
+    _assert_same(load_model("test_vit", checkpoint=path), vit_state)
+    prefixed = tmp_path / "prefixed.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in vit_state.items()}, str(prefixed))
+    assert load_checkpoint_state(prefixed).keys() == vit_state.keys()
+
+
+def test_strict_mismatch_lists_keys(tmp_path: Path, vit_state: dict) -> None:
+    state = dict(vit_state)
+    state.pop("cls_token")
+    state["extra.weight"] = torch.zeros(2)
+    state["head.weight"] = torch.zeros(10, state["head.weight"].shape[1])
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(DfqError) as err:
+        load_model("test_vit", checkpoint=path)
+    msg = _one_line(err)
+    assert "1 missing (cls_token)" in msg
+    assert "1 unexpected (extra.weight)" in msg
+    assert "head.weight (10, " in msg
+
+    with pytest.warns(UserWarning, match="cls_token"):
+        model = load_model("test_vit", checkpoint=path, strict=False)
+    assert torch.equal(model.state_dict()["pos_embed"], vit_state["pos_embed"])
+
+
+def test_wrong_architecture_is_summarized(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), path)
+    with pytest.raises(DfqError) as err:
+        load_model("test_vit", checkpoint=path)
+    msg = _one_line(err)
+    assert "missing" in msg and "unexpected" in msg and "…" in msg
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_corrupt_checkpoint(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"corrupt{suffix}"
+    path.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(DfqError) as err:
+        load_model("test_vit", checkpoint=path)
+    assert str(path) in _one_line(err)
+
+
+def test_missing_and_non_state_dict_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(DfqError, match="does not exist"):
+        load_model("test_vit", checkpoint=tmp_path / "nope.pth")
+    path = tmp_path / "list.pth"
+    torch.save({"weights": [1, 2, 3], "epoch": 1}, path)
+    with pytest.raises(DfqError, match="not a state_dict"):
+        load_checkpoint_state(path)
+
+
+def test_checkpoint_sha256(tmp_path: Path) -> None:
+    path = tmp_path / "blob.bin"
+    data = bytes(range(256)) * 5000
+    path.write_bytes(data)
+    assert checkpoint_sha256(path, chunk_size=4096) == hashlib.sha256(data).hexdigest()
+    with pytest.raises(DfqError):
+        checkpoint_sha256(tmp_path / "missing.bin")
+
+
+# -------------------------------------------------------------------------------------------- hub
+def test_random_init_without_pretrained() -> None:
+    model = load_model("test_vit", pretrained=False)
+    assert not model.training
+    assert load_model("test_resnet", pretrained=False, num_classes=10).fc.out_features == 10
+
+
+def test_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
+    start = time.perf_counter()
+    with pytest.raises(DfqError) as err:
+        load_model("test_vit", pretrained=True)
+    assert time.perf_counter() - start < 3.0
+    msg = _one_line(err)
+    assert "--checkpoint" in msg and "--no-pretrained" in msg
+
+
+def test_pretrained_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    start = time.perf_counter()
+    with pytest.raises(DfqError) as err:
+        load_model("test_vit", pretrained=True)
+    assert time.perf_counter() - start < 3.0
+    assert "unreachable" in _one_line(err) and "--checkpoint" in str(err.value)
+
+
+def test_hub_probe_is_bounded() -> None:
+    start = time.perf_counter()
+    assert models.hub_reachable("192.0.2.1", timeout=0.5) is False  # TEST-NET-1: never routable
+    assert time.perf_counter() - start < 2.0
+
+
+def test_model_without_pretrained_weights() -> None:
+    name = next(n for n in timm.list_models() if (c := timm.models.get_pretrained_cfg(n)) is None
+                or not (c.hf_hub_id or c.url or c.file))
+    with pytest.raises(DfqError, match="no pretrained weights"):
+        load_model(name, pretrained=True)
+
+
+# ----------------------------------------------------------------------------------- preprocessing
+def test_data_config_and_transform() -> None:
+    model = load_model("test_vit", pretrained=False)
+    config = data_config(model)
+    assert set(config) == {"input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode"}
+    assert config["input_size"] == (3, 160, 160)
+    config = data_config(model, mean=[0.5, 0.5, 0.5], std=(0.5, 0.5, 0.5), input_size=64, crop_pct=1.0)
+    assert config["mean"] == (0.5, 0.5, 0.5) and config["input_size"] == (3, 64, 64)
+    x = eval_transform(config)(Image.new("RGB", (80, 100), (255, 0, 0)))
+    assert x.shape == (3, 64, 64)
+    assert torch.allclose(x[0], torch.ones(64, 64)) and torch.allclose(x[1], -torch.ones(64, 64))
+    with pytest.raises(DfqError, match="unknown preprocessing"):
+        data_config(model, meen=(0.5,))
+
+
+# -------------------------------------------------------------------------------- ImageNet classes
+def test_wnid_index() -> None:
+    index = wnid_to_index()
+    synsets = imagenet_synsets()
+    assert len(index) == len(synsets) == 1000
+    assert index["n01440764"] == 0 and index["n15075141"] == 999
+    assert synsets == sorted(synsets)
+    index["n01440764"] = 5  # callers get a copy
+    assert wnid_to_index()["n01440764"] == 0
+
+
+# ---------------------------------------------------------------------------------------- families
+def test_model_family() -> None:
+    vit = timm.create_model("test_vit")
+    assert model_family(vit) == "vit" and is_cls_vit(vit)
+    assert model_family(timm.create_model("test_resnet")) == "cnn"
+    registers = timm.create_model("test_vit", reg_tokens=4)
+    assert not is_cls_vit(registers) and model_family(registers) == "other"
+    pooled = timm.create_model("test_vit", global_pool="avg")
+    assert not is_cls_vit(pooled)
+    assert model_family(torch.nn.Linear(2, 2)) == "other"
+
+
+# ------------------------------------------------------------------------------------ real assets
+def test_deit_tiny_asset(assets: Path) -> None:
+    from dfq.data import open_image
+
+    model = load_model("deit_tiny", checkpoint=assets / "weights" / "deit_tiny_patch16_224.pth")
+    assert sum(p.numel() for p in model.parameters()) == 5_717_416
+    assert model_family(model) == "vit"
+    config = data_config(model)
+    assert config["interpolation"] == "bicubic" and config["input_size"] == (3, 224, 224)
+    assert config["mean"] == IMAGENET_DEFAULT_MEAN and config["std"] == IMAGENET_DEFAULT_STD
+    assert config["crop_pct"] == model.pretrained_cfg["crop_pct"]  # timm's own value (0.9 in timm 1.0)
+    config = data_config(model, crop_pct=0.875)  # the asset's documented eval: resize 256, crop 224
+    assert config["crop_pct"] == 0.875
+    tench = next((assets / "data" / "imagenet-sample" / "val" / "n01440764").iterdir())
+    x = eval_transform(config)(open_image(tench))
+    with torch.no_grad():
+        assert model(x[None]).argmax(1).item() == 0

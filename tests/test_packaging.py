@@ -1,0 +1,67 @@
+"""Packaging: one import root, guarded siblings, a lean ``import dfq``, every package installed, doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_import_dfq_is_lean() -> None:
+    code = (
+        "import sys, torch\n"
+        "torch.cuda.init = lambda: (_ for _ in ()).throw(AssertionError('CUDA initialized'))\n"
+        "import dfq, dfq.calibrators, dfq.export, dfq.config, dfq.numerics\n"
+        "heavy = [m for m in ('onnx', 'onnxruntime', 'tensorrt', 'pycuda', 'onnxscript') if m in sys.modules]\n"
+        "print(','.join(heavy)); print(torch.cuda.is_initialized())\n"
+    )
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    heavy, cuda = r.stdout.split("\n")[:2]
+    assert heavy == "" and cuda == "False"
+
+
+@pytest.mark.parametrize("name", ["calibrators", "export"])
+def test_bare_sibling_import_fails_with_a_clear_message(name: str) -> None:
+    r = _run(f"import {name}")
+    assert r.returncode != 0
+    assert f"must be imported as 'dfq.{name}'" in r.stderr
+
+
+def test_every_package_directory_is_packaged() -> None:
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages, mapping = set(cfg["packages"]), cfg["package-dir"]
+    found = set()
+    for init in REPO.glob("**/__init__.py"):
+        rel = init.parent.relative_to(REPO)
+        if rel.parts[0] in {".venv", "tests", "build", "benchmarks"} or rel.parts[0].startswith("."):
+            continue
+        top = rel.parts[0]
+        root = next((k for k, v in mapping.items() if v == top), top)
+        found.add(".".join([root, *rel.parts[1:]]))
+    assert found == packages, f"unpackaged: {found - packages}; stale: {packages - found}"
+
+
+def test_console_script_is_declared() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["dfq"] == "dfq.cli:main"
+
+
+DOCTESTED = ["dfq.numerics", "dfq.config"]
+
+
+@pytest.mark.parametrize("module", DOCTESTED)
+def test_doctests(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
