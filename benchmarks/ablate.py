@@ -9,8 +9,9 @@ the placement study in docs/quantization.md.
     python benchmarks/ablate.py --model deit_tiny --study noise-placement
 
 Variant syntax: ``PRESET[:key=value[,key=value...]]`` with keys ``act`` (activation calibrator),
-``weight`` (weight calibrator), ``calib`` (``real`` | ``noise``), ``drop`` (sites to remove,
-``+``-separated), ``add`` (sites to add), ``head`` (0/1), ``pe`` (0/1: patch-embed).
+``weight`` (weight calibrator), ``calib`` (``real`` | ``noise``), ``seed`` (calibration subset), ``drop`` (sites to remove,
+``+``-separated), ``add`` (sites to add), ``head`` (0/1), ``pe`` (0/1: patch-embed), ``bc`` (0/1: bias correction; default auto),
+``site`` (per-site calibrators, ``softmax/mse+fc2_in/mse``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,22 @@ import dfq  # noqa: E402
 from dfq.config import QuantConfig, preset  # noqa: E402
 from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
 from dfq.evaluation import classification_metrics  # noqa: E402
-from dfq.models import data_config, eval_transform, load_model  # noqa: E402
-from dfq.quant.calibrate import calibrate  # noqa: E402
+from dfq.models import data_config, eval_transform, load_checkpoint_state, load_model, load_state_into  # noqa: E402
+from dfq.quant.calibrate import activation_quantizers, calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
 
-WEIGHTS = {"deit_tiny": "deit_tiny_patch16_224.pth"}
+
+def _mobilenet_v1_025() -> torch.nn.Module:
+    from timm.models.efficientnet import _gen_mobilenet_v1
+
+    return _gen_mobilenet_v1("mobilenetv1_100", 0.25, pad_type="same", bn_eps=1e-3)
+
+
+# name -> (weights file, builder for models that are not timm names, preprocessing overrides)
+MODELS = {
+    "deit_tiny": ("deit_tiny_patch16_224.pth", None, {}),
+    "mobilenet_v1_025": ("mobilenet_v1_025_224.pth", _mobilenet_v1_025, {"mean": (0.5,) * 3, "std": (0.5,) * 3}),
+}
 
 
 def parse_variant(text: str) -> tuple[QuantConfig, dict[str, str]]:
@@ -48,6 +60,9 @@ def parse_variant(text: str) -> tuple[QuantConfig, dict[str, str]]:
         cfg = dataclasses.replace(cfg, act=dataclasses.replace(cfg.act, calibrator=opts["act"]))
     if "weight" in opts:
         cfg = dataclasses.replace(cfg, weight=dataclasses.replace(cfg.weight, calibrator=opts["weight"]))
+    if "site" in opts:  # site=softmax/minmax+fc2_in/mse
+        pairs = [item.split("/") for item in opts["site"].split("+")]
+        cfg = dataclasses.replace(cfg, site_calibrators=tuple((a, b) for a, b in pairs))
     sites = set(cfg.act_sites)
     sites -= set(filter(None, opts.get("drop", "").split("+")))
     sites |= set(filter(None, opts.get("add", "").split("+")))
@@ -56,6 +71,7 @@ def parse_variant(text: str) -> tuple[QuantConfig, dict[str, str]]:
         act_sites=frozenset(sites),
         quantize_head=opts.get("head", "1") == "1",
         quantize_patch_embed=opts.get("pe", "1") == "1",
+        bias_correction={"0": "off", "1": "on"}.get(opts.get("bc", ""), "auto"),
     )
     return cfg, opts
 
@@ -80,9 +96,10 @@ NOISE_STUDY = [
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", default=os.environ.get("DFQ_ASSETS", "../shared/assets"))
-    ap.add_argument("--model", default="deit_tiny")
+    ap.add_argument("--model", default="deit_tiny", choices=sorted(MODELS))
     ap.add_argument("--variants", nargs="*", default=[])
     ap.add_argument("--study", choices=["noise-placement"], default=None)
+    ap.add_argument("--crop-pct", type=float, default=None, help="override the model's crop_pct")
     ap.add_argument("--num-calib", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="evaluate on at most this many images")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -90,8 +107,15 @@ def main() -> int:
 
     assets = Path(args.assets)
     folder = assets / "data" / "imagenet-sample" / "val"
-    model = load_model(args.model, checkpoint=assets / "weights" / WEIGHTS[args.model], pretrained=False)
-    cfg = data_config(model)
+    weights, builder, overrides = MODELS[args.model]
+    if builder is None:
+        model = load_model(args.model, checkpoint=assets / "weights" / weights, pretrained=False)
+    else:
+        model = builder().eval()
+        load_state_into(model, load_checkpoint_state(assets / "weights" / weights))
+    if args.crop_pct:
+        overrides = {**overrides, "crop_pct": args.crop_pct}
+    cfg = data_config(model, **overrides)
     tf = eval_transform(cfg)
     dataset = labelled_imagenet_folder(folder, tf)
     if args.limit:
@@ -101,7 +125,13 @@ def main() -> int:
         images.append(x)
         labels.append(y)
     images, labels = torch.cat(images), torch.cat(labels)
-    real = load_image_tensor(folder, tf, args.num_calib, seed=0)
+    real_sets: dict[int, torch.Tensor] = {}
+
+    def real(seed: int) -> torch.Tensor:
+        if seed not in real_sets:
+            real_sets[seed] = load_image_tensor(folder, tf, args.num_calib, seed=seed)
+        return real_sets[seed]
+
     noise = dfq.invert(model, "noise", num_images=args.num_calib, seed=0).images
 
     def logits_of(m: torch.nn.Module) -> torch.Tensor:
@@ -117,9 +147,11 @@ def main() -> int:
     for v in variants:
         t0 = time.perf_counter()
         qcfg, opts = parse_variant(v)
-        calib = noise if opts.get("calib", "real") == "noise" else real
+        seed = int(opts.get("seed", 0))
+        calib = noise if opts.get("calib", "real") == "noise" else real(seed)
         q = quantize_(copy.deepcopy(model), qcfg)
-        calibrate(q, lambda m, c=calib: [m(c[i : i + 32]) for i in range(0, len(c), 32)])
+        if activation_quantizers(q) or qcfg.bias_correction != "off":
+            calibrate(q, lambda m, c=calib: [m(c[i : i + 32]) for i in range(0, len(c), 32)])
         m = classification_metrics(logits_of(q), labels, reference_logits=fp)
         dt = time.perf_counter() - t0
         print(

@@ -74,6 +74,8 @@ def cli() -> None:
 @click.option("--sites", default=None,
               help=f"Comma-separated activation sites replacing the preset's (ViT: {','.join(VIT_SITES)}).")
 @click.option("--no-head", is_flag=True, help="Leave the classifier in float.")
+@click.option("--bias-correction", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Correct weight-rounding bias with calibration input means (auto: CNNs only).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
@@ -82,13 +84,16 @@ def cli() -> None:
 def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, scheme: str,
               numerics: str, calibrator: str, weight_calibrator: str | None, calib_folder: str | None,
               inversion: str | None, num_images: int, eval_folder: str | None, eval_images: int | None,
-              sites: str | None, no_head: bool, batch_size: int, seed: int, out: str, force: bool,
+              sites: str | None, no_head: bool, bias_correction: str, batch_size: int, seed: int, out: str, force: bool,
               as_json: bool) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
     from dfq.pipeline import CalibrationJob, default_device, run_calibration
 
     config = preset(scheme, numerics)
-    changes: dict[str, Any] = {"act": dataclasses.replace(config.act, calibrator=calibrator)}
+    changes: dict[str, Any] = {
+        "act": dataclasses.replace(config.act, calibrator=calibrator),
+        "bias_correction": bias_correction,
+    }
     if weight_calibrator:
         changes["weight"] = dataclasses.replace(config.weight, calibrator=weight_calibrator)
     if sites is not None:
@@ -151,3 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
         sys.exit(2)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

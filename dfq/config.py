@@ -131,8 +131,14 @@ class QuantConfig:
         weight: spec for weights of quantized Linear/Conv layers.
         act: spec for activations at every enabled site.
         act_sites: enabled activation sites (names in ``VIT_SITES`` / ``CNN_SITES``).
+        site_calibrators: per-site calibrator overrides, ``(site, calibrator name)`` pairs; e.g.
+            ``(("softmax", "minmax"),)`` keeps the attention probabilities' full [0, 1] range while
+            other sites use ``act.calibrator``.
         quantize_head: quantize the classifier (its weight and, where enabled, its input/output).
         quantize_patch_embed: quantize the ViT patch-embedding convolution (weight and input image).
+        bias_correction: ``on`` | ``off`` | ``auto`` (on for CNNs with BatchNorm, off for ViTs):
+            correct each layer's expected output shift from weight rounding with the calibration
+            set's input means (Nagel et al. 2019); see :mod:`dfq.quant.bias_correction`.
         numerics: label of the numerics family, ``trt``, ``paper`` or ``custom`` (reports, export checks).
         name: preset name, informational.
         version: schema version of this recipe.
@@ -141,8 +147,10 @@ class QuantConfig:
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(per_channel=True))
     act: QuantSpec = field(default_factory=QuantSpec)
     act_sites: frozenset[str] = TRT_VIT_SITES | frozenset(CNN_SITES)
+    site_calibrators: tuple[tuple[str, str], ...] = ()
     quantize_head: bool = True
     quantize_patch_embed: bool = True
+    bias_correction: str = "auto"
     numerics: str = "trt"
     name: str = ""
     version: int = CONFIG_VERSION
@@ -157,12 +165,27 @@ class QuantConfig:
         if {"qkv_out"} & sites and {"q", "k", "v"} & sites:
             raise ValueError("'qkv_out' (one shared q/k/v range) and separate 'q'/'k'/'v' sites exclude each other")
         object.__setattr__(self, "act_sites", sites)
+        overrides = self.site_calibrators
+        if isinstance(overrides, Mapping):
+            overrides = tuple(overrides.items())
+        overrides = tuple(sorted((str(k), str(v)) for k, v in overrides))
+        bad = {k for k, _ in overrides} - set(VIT_SITES) - set(CNN_SITES)
+        if bad:
+            raise ValueError(f"site_calibrators names unknown site(s) {sorted(bad)}")
+        object.__setattr__(self, "site_calibrators", overrides)
         if self.act.per_channel:
             raise ValueError("activations are quantized per tensor (TensorRT's rule); set act.per_channel=False")
+        if self.bias_correction not in ("auto", "on", "off"):
+            raise ValueError(f"bias_correction must be auto, on or off, got {self.bias_correction!r}")
         if self.numerics not in ("trt", "paper", "custom"):
             raise ValueError(f"numerics must be trt, paper or custom, got {self.numerics!r}")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"recipe version {self.version} is not supported (this dfq reads {CONFIG_VERSION})")
+
+    def act_spec(self, site: str) -> QuantSpec:
+        """The activation spec of ``site`` (``act`` with the site's calibrator override, if any)."""
+        name = dict(self.site_calibrators).get(site)
+        return self.act if name is None or name == self.act.calibrator else dataclasses.replace(self.act, calibrator=name)
 
     @property
     def trt_compatible(self) -> bool:
@@ -180,8 +203,10 @@ class QuantConfig:
             "weight": self.weight.to_dict(),
             "act": self.act.to_dict(),
             "act_sites": sorted(self.act_sites),
+            "site_calibrators": dict(self.site_calibrators),
             "quantize_head": self.quantize_head,
             "quantize_patch_embed": self.quantize_patch_embed,
+            "bias_correction": self.bias_correction,
             "numerics": self.numerics,
             "name": self.name,
             "version": self.version,
@@ -206,8 +231,11 @@ def _check_keys(cls: type, d: Mapping[str, Any]) -> None:
 
 
 def _trt(weight_bits: int) -> QuantConfig:
+    # 4-bit weights: an MSE clipping search per channel (DeiT-Tiny W4A8 KL to FP 0.32 -> 0.20).
     return QuantConfig(
-        weight=QuantSpec(num_bits=weight_bits, symmetric=True, per_channel=True),
+        weight=QuantSpec(
+            num_bits=weight_bits, symmetric=True, per_channel=True, calibrator="mse" if weight_bits < 8 else "minmax"
+        ),
         act=QuantSpec(num_bits=8, symmetric=True),
         act_sites=TRT_VIT_SITES | frozenset(CNN_SITES),
         numerics="trt",

@@ -60,8 +60,8 @@ def versions() -> dict[str, str]:
 
     return {
         "dfq": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
+        "torch": str(torch.__version__),
+        "timm": str(timm.__version__),
         "python": platform.python_version(),
     }
 

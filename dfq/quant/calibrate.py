@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from dfq.quant.modules import quantizers
+from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer
 
 __all__ = [
@@ -43,17 +43,19 @@ def calibration_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Collect activation statistics inside the block; set the ranges when it exits cleanly.
 
     Inside, the model runs in float: weight quantizers are off and every activation quantizer
-    passes tensors through unchanged and feeds them to its calibrator. On a clean exit the ranges are computed and the quantizers switch to
+    passes tensors through unchanged and feeds them to its calibrator; layers with bias correction
+    record their input's channel means. On a clean exit the ranges are computed and the quantizers switch to
     ``quantize``. If the block raises, each quantizer gets back its previous mode and range.
 
     Raises:
-        ValueError: the model has no activation quantizers (call ``quantize_`` first).
+        ValueError: the model has neither activation quantizers nor bias correction (call ``quantize_``).
         RuntimeError: after the block, some quantizers saw no data (their names are listed).
     """
     acts = activation_quantizers(model)
-    if not acts:
-        raise ValueError("model has no activation quantizers: call dfq.quantize_(model, config) first")
     weights = weight_quantizers(model)
+    corrected = [m for m in model.modules() if isinstance(m, QuantLayer) and m.bias_correction is not None]
+    if not acts and not corrected:
+        raise ValueError("model has nothing to calibrate: call dfq.quantize_(model, config) first")
     saved = [(q.mode, q.lo.clone(), q.hi.clone()) for q in acts]
     saved_weights = [q.mode for q in weights]
     for q in acts:
@@ -61,16 +63,22 @@ def calibration_mode(model: nn.Module) -> Iterator[nn.Module]:
         q.mode = "calibrate"
     for q in weights:  # all ranges come from the float model
         q.mode = "off"
+    for layer in corrected:
+        layer.start_input_mean()
     try:
         yield model
     except BaseException:
         for q, (mode, lo, hi) in zip(acts, saved, strict=True):
             q.mode, q._calibrator = mode, None
             q.load_range(lo, hi)
+        for layer in corrected:
+            layer.collecting_mean = False
         raise
     finally:
         for q, mode in zip(weights, saved_weights, strict=True):
             q.mode = mode
+    for layer in corrected:  # weight quantizers are back on: the weight error is measurable
+        layer.finish_bias_correction()
     names = {id(m): n for n, m in model.named_modules()}
     missing: list[str] = []
     for q in acts:

@@ -14,10 +14,12 @@ subclass (timm's TF-"same" padded ``Conv2dSame``, for example) keeps its own for
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dfq.quant.bias_correction import channel_mean, expected_output_shift
 from dfq.quant.quantizer import FakeQuantizer
 
 __all__ = ["QuantLayer", "QuantMatMul", "QuantAttention", "QuantBlock", "quantizers"]
@@ -35,6 +37,8 @@ class QuantLayer(nn.Module):
         weight_quantizer: per-channel weight quantizer; calibrated here from ``layer.weight``.
         input_quantizer: activation quantizer on the layer input, or None.
         output_quantizer: activation quantizer on the layer output, or None.
+        bias_correction: keep a per-output-channel float correction of the weight-rounding error
+            (:mod:`dfq.quant.bias_correction`), set at the end of calibration.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class QuantLayer(nn.Module):
         weight_quantizer: FakeQuantizer | None,
         input_quantizer: FakeQuantizer | None = None,
         output_quantizer: FakeQuantizer | None = None,
+        bias_correction: bool = False,
     ) -> None:
         super().__init__()
         self.layer = layer
@@ -51,6 +56,15 @@ class QuantLayer(nn.Module):
         self.output_quantizer = output_quantizer
         if weight_quantizer is not None:
             weight_quantizer.calibrate_from(layer.weight)
+        self.is_conv = layer.weight.dim() == 4
+        self.bias_correction: Tensor | None
+        if bias_correction and weight_quantizer is not None:
+            self.register_buffer("bias_correction", torch.zeros(layer.weight.shape[0], device=layer.weight.device))
+        else:
+            self.bias_correction = None
+        self.collecting_mean = False  # set by calibration_mode when bias correction is on
+        self._mean_sum: Tensor | None = None
+        self._mean_count = 0
 
     @property
     def weight(self) -> Tensor:
@@ -64,7 +78,31 @@ class QuantLayer(nn.Module):
         w = self.layer.weight
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
 
+    # -- bias correction ---------------------------------------------------------------------
+    def start_input_mean(self) -> None:
+        self._mean_sum, self._mean_count = None, 0
+        self.collecting_mean = True
+
+    def finish_bias_correction(self) -> None:
+        """Set the correction from the collected input mean and the current weight error."""
+        self.collecting_mean = False
+        if self.bias_correction is None or self._mean_sum is None:
+            return
+        mean = self._mean_sum / max(self._mean_count, 1)
+        with torch.no_grad():
+            delta = self.quantized_weight() - self.layer.weight
+            groups = getattr(self.layer, "groups", 1)
+            self.bias_correction.copy_(expected_output_shift(delta, mean.to(delta.device), groups))
+        self._mean_sum, self._mean_count = None, 0
+
+    def _collect_mean(self, x: Tensor) -> None:
+        s, n = channel_mean(x, self.is_conv)
+        self._mean_sum = s if self._mean_sum is None else self._mean_sum + s
+        self._mean_count += n
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.collecting_mean:
+            self._collect_mean(x)
         x = _maybe(self.input_quantizer, x)
         w = self.quantized_weight()
         layer = self.layer
@@ -76,6 +114,8 @@ class QuantLayer(nn.Module):
             y = layer(x)
         else:  # a subclass with its own forward (padding rules etc.): substitute the weight only
             y = functional_call(layer, {"weight": w}, (x,))
+        if self.bias_correction is not None and self.weight_quantizer.mode == "quantize":
+            y = y - (self.bias_correction.view(-1, 1, 1) if self.is_conv else self.bias_correction)
         return _maybe(self.output_quantizer, y)
 
 

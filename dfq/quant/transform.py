@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from dfq.config import QuantConfig
-from dfq.models import is_cls_vit
+from dfq.models import is_cls_vit, model_family
 from dfq.quant.modules import QuantAttention, QuantBlock, QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer
 
@@ -62,11 +62,12 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
 class _Factory:
     """Builds quantizers for the enabled sites of one config."""
 
-    def __init__(self, config: QuantConfig) -> None:
+    def __init__(self, config: QuantConfig, cnn: bool) -> None:
         self.config = config
+        self.bias_correction = config.bias_correction == "on" or (config.bias_correction == "auto" and cnn)
 
     def act(self, site: str) -> FakeQuantizer | None:
-        return FakeQuantizer(self.config.act, site=site) if site in self.config.act_sites else None
+        return FakeQuantizer(self.config.act_spec(site), site=site) if site in self.config.act_sites else None
 
     def weight(self) -> FakeQuantizer:
         return FakeQuantizer(self.config.weight, axis=0, site="weight")
@@ -76,11 +77,12 @@ class _Factory:
     ) -> nn.Module:
         if not keep(layer, name):
             return layer
-        return QuantLayer(layer, self.weight(), self.act(in_site), self.act(out_site) if out_site else None)
+        out = self.act(out_site) if out_site else None
+        return QuantLayer(layer, self.weight(), self.act(in_site), out, bias_correction=self.bias_correction)
 
 
 def _quantize_vit(model: nn.Module, config: QuantConfig, keep: FilterFn) -> None:
-    f = _Factory(config)
+    f = _Factory(config, cnn=False)
     pe = model.patch_embed
     if config.quantize_patch_embed:
         pe.proj = f.layer(pe.proj, "patch_embed.proj", keep, "image")
@@ -125,7 +127,7 @@ def _quantize_vit(model: nn.Module, config: QuantConfig, keep: FilterFn) -> None
 
 
 def _quantize_generic(model: nn.Module, config: QuantConfig, keep: FilterFn) -> None:
-    f = _Factory(config)
+    f = _Factory(config, cnn=model_family(model) == "cnn")
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):

@@ -1,0 +1,167 @@
+"""CLI and run directories end to end on timm's tiny ``test_vit``: exit codes, reports, ``dfq.load``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import dfq
+from dfq.cli import main
+from dfq.models import wnid_to_index
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]  # ImageNet classes 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("val")
+    gen = torch.Generator().manual_seed(0)
+    for i, wnid in enumerate(WNIDS):
+        (root / wnid).mkdir()
+        for j in range(2):
+            arr = (torch.rand(40 + 8 * i, 48, 3, generator=gen) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(root / wnid / f"img{j}.JPEG")
+    return root
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def _calibrate_args(out: Path, folder: Path, *extra: str) -> list[str]:
+    return [
+        "calibrate", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--inversion", "noise",
+        "--num-images", "4", "--batch-size", "4", "--eval-folder", str(folder), "--out", str(out), "--json",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_help_lists_every_command(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    for command in ("calibrate", "eval"):
+        assert command in out
+
+
+def test_calibrate_writes_a_complete_run_that_reloads(tmp_path, image_folder, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(_calibrate_args(out, image_folder), capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    for key in ("fp", "quant"):
+        for k in ("top1", "top5"):
+            assert 0.0 <= report[key][k] <= 1.0
+    assert 0.0 <= report["agreement"] <= 1.0 and report["kl"] >= 0.0
+    assert report["num_eval_images"] == 6
+    assert json.loads((out / "report.json").read_text()) == report
+    assert {p.name for p in out.iterdir()} >= {"recipe.json", "quant_state.pt", "report.json", "report.md", "calibration"}
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["model"]["name"] == "test_vit" and recipe["quant"]["name"] == "w8a8"
+    assert recipe["calibration"] == {
+        "source": "noise", "folder": None, "num_images": 4, "seed": 0, "inversion_args": {},
+    }  # fmt: skip
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial directories left
+
+    # dfq.load rebuilds the same model: dfq eval on the run reproduces the report's figures
+    code, stdout, err = run_cli(["eval", str(out), "--data", str(image_folder), "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    again = json.loads(stdout)
+    assert again["quant"] == report["quant"] and again["fp"] == report["fp"]
+    assert again["agreement"] == report["agreement"]
+    assert again["kl"] == pytest.approx(report["kl"], rel=1e-4, abs=1e-7)
+
+    model = dfq.load(out)
+    calib = dfq.CalibrationSet.load(out / "calibration")
+    with torch.no_grad():
+        y = model(calib.images)
+    assert y.shape == (4, 1000) and torch.isfinite(y).all()
+
+
+def test_eval_of_a_float_model(image_folder, capsys):
+    code, stdout, err = run_cli(
+        ["eval", "--model", "test_vit", "--no-pretrained", "--data", str(image_folder), "--json"], capsys
+    )
+    assert code == 0, err
+    assert set(json.loads(stdout)) == {"model", "fp", "num_eval_images"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "no_such_model_xyz"], "unknown model"),
+        (["--checkpoint", "/nonexistent/w.pth"], "/nonexistent/w.pth"),
+        (["--calib-folder", "EMPTY"], "give exactly one calibration source"),
+        (["--eval-folder", "/nonexistent/dir"], "not a directory"),
+        (["--num-images", "0"], "--num-images"),
+        (["--sites", "q,bogus"], "unknown activation site"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_no_run(tmp_path, image_folder, capsys, args, message):
+    out = tmp_path / "run"
+    base = _calibrate_args(out, image_folder)
+    for i in range(0, len(args), 2):  # replace or append the option
+        opt, val = args[i], args[i + 1].replace("EMPTY", str(tmp_path))
+        if opt in base:
+            base[base.index(opt) + 1] = val
+        else:
+            base += [opt, val]
+    if "--checkpoint" in args:
+        base.remove("--no-pretrained")
+    code, _, err = run_cli(base, capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_corrupt_checkpoint_and_existing_run(tmp_path, image_folder, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    args = _calibrate_args(tmp_path / "run", image_folder)
+    args.remove("--no-pretrained")
+    code, _, err = run_cli([*args, "--checkpoint", str(bad)], capsys)
+    assert code == 2 and "bad.pth" in err and len(err.strip().splitlines()) == 1
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    code, _, err = run_cli(_calibrate_args(existing, image_folder), capsys)
+    assert code == 2 and "already exists" in err
+    assert (existing / "keep.txt").read_text() == "mine"  # nothing already written is lost
+
+
+def test_failure_after_writing_leaves_no_partial_run(tmp_path, capsys):
+    # an eval folder whose subfolders are not WordNet ids fails at evaluation, after the run files exist
+    folder = tmp_path / "flat"
+    (folder / "cats").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(folder / "cats" / "a.png")
+    out = tmp_path / "run"
+    code, _, err = run_cli(_calibrate_args(out, folder), capsys)
+    assert code == 2 and "cats" in err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["flat"]
+
+
+def test_console_script_exit_code(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "dfq.cli", "eval", "--model", "nope_model", "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_wnid_labels_used_by_eval(image_folder):
+    idx = wnid_to_index()
+    assert [idx[w] for w in WNIDS] == [0, 1, 2]
+    assert timm.create_model("test_vit", pretrained=False).num_classes == 1000
