@@ -58,7 +58,7 @@ def test_console_script_is_declared() -> None:
     assert project["scripts"]["dfq"] == "dfq.cli:main"
 
 
-DOCTESTED = ["dfq.numerics", "dfq.config"]
+DOCTESTED = ["dfq.numerics", "dfq.config", "dfq.inversion.priors", "dfq.quant.bias_correction"]
 
 
 @pytest.mark.parametrize("module", DOCTESTED)
