@@ -45,8 +45,8 @@ def _diffs(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def tv_l2(x: Tensor) -> Tensor:
     """Sum of the (non-squared) Frobenius norms of the four difference tensors over the batch.
 
-    >>> tv_l2(torch.tensor([[[[0.0, 3.0], [0.0, 3.0]]]]))   # dx = [-3, -3]; dy = 0; diagonals 3, -3
-    tensor(8.4853)
+    >>> tv_l2(torch.tensor([[[[0.0, 3.0], [0.0, 3.0]]]]))  # |dx| = sqrt(18), dy = 0, diagonals 3 and 3
+    tensor(10.2426)
     """
     return sum(torch.linalg.vector_norm(d) for d in _diffs(x))
 
