@@ -1,6 +1,7 @@
 """Calibration data from the model alone: the inversion registry and ``invert()``.
 
-Registered sources: ``noise`` (Gaussian baseline). SMI, DeepInversion and CMI register here too.
+Each method module registers itself on import (``@register_inverter``); importing this package
+imports them all, so ``inverter_names()`` lists every method.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfq.data import CalibrationSet
-from dfq.inversion import noise  # noqa: F401  (registers)
+# Importing a method module registers it (one line per method).
+from dfq.inversion import noise  # noqa: F401
 from dfq.inversion.registry import check_family, get_inverter, inverter_names, register_inverter
-from dfq.models import data_config, model_family
 
 __all__ = ["invert", "inverter_names", "register_inverter", "get_inverter"]
 
@@ -25,7 +25,7 @@ def invert(
     device: str | torch.device = "cpu",
     progress: bool = True,
     **config: Any,
-) -> CalibrationSet:
+):  # noqa: ANN201  (returns dfq.data.CalibrationSet)
     """Synthesize a calibration set from ``model`` with the registered ``method``.
 
     Args:
@@ -35,6 +35,8 @@ def invert(
         progress: show a progress bar.
         **config: fields of the method's frozen config (e.g. ``num_images=32, seed=0``).
     """
+    from dfq.models import data_config, model_family
+
     entry = get_inverter(method)
     check_family(entry, model, model_family(model))
     cfg = entry.make_config(**config)
