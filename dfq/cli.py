@@ -68,6 +68,11 @@ def cli() -> None:
 @click.option("--calib-folder", type=click.Path(), default=None, help="Real images for calibration.")
 @click.option("--inversion", type=click.Choice(inverter_names()), default=None,
               help="Make the calibration set from the model alone.")
+@click.option("--calib-set", type=click.Path(), default=None, help="A calibration set written by `dfq invert`.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Inversion setting (any field of the method's config), repeatable.")
+@click.option("--dense-calibration", is_flag=True,
+              help="Forward every token of a sparse (SMI) set instead of only the kept tokens.")
 @click.option("--num-images", type=int, default=32, show_default=True, help="Calibration images.")
 @click.option("--eval-folder", type=click.Path(), default=None, help="ImageNet-style <wnid>/<image> folder.")
 @click.option("--eval-images", type=int, default=None, help="Evaluate at most this many images.")
@@ -83,7 +88,8 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, scheme: str,
               numerics: str, calibrator: str, weight_calibrator: str | None, calib_folder: str | None,
-              inversion: str | None, num_images: int, eval_folder: str | None, eval_images: int | None,
+              inversion: str | None, calib_set: str | None, settings: tuple[str, ...], dense_calibration: bool,
+              num_images: int, eval_folder: str | None, eval_images: int | None,
               sites: str | None, no_head: bool, bias_correction: str, batch_size: int, seed: int, out: str, force: bool,
               as_json: bool) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
@@ -103,7 +109,8 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
     config = dataclasses.replace(config, **changes)
     job = CalibrationJob(
         out=out, config=config, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
-        calib_folder=calib_folder, inversion=inversion, num_images=num_images, eval_folder=eval_folder,
+        calib_folder=calib_folder, inversion=inversion, calib_set=calib_set, dense_calibration=dense_calibration,
+        inversion_args={"settings": settings} if settings else {}, num_images=num_images, eval_folder=eval_folder,
         eval_images=eval_images, batch_size=batch_size, seed=seed, device=device or default_device(),
         overwrite=force, progress=not as_json,
     )  # fmt: skip
@@ -133,6 +140,74 @@ def eval_cmd(run: str | None, model_name: str | None, checkpoint: str | None, no
         device=device, batch_size=batch_size, limit=limit, progress=not as_json,
     )  # fmt: skip
     _print(report, as_json)
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="timm name or alias.")
+@_model_options
+@click.option("--method", type=click.Choice(inverter_names()), required=True, help="Inversion method.")
+@click.option("--num-images", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any field of the method's config (e.g. iterations=4000, lr=0.25), repeatable.")
+@click.option("--out", required=True, type=click.Path(), help="Directory for the calibration set.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.ckpt.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def invert(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, method: str,
+           num_images: int, seed: int, settings: tuple[str, ...], out: str, resume: bool, force: bool,
+           as_json: bool) -> None:
+    """Make a calibration set from the model alone (no data); write it with a manifest and preview."""
+    from dfq.inversion.job import InversionJob, run_inversion
+    from dfq.pipeline import default_device
+
+    job = InversionJob(
+        out=out, method=method, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
+        num_images=num_images, seed=seed, settings=settings, device=device or default_device(), resume=resume,
+        overwrite=force, progress=not as_json,
+    )  # fmt: skip
+    calib = run_inversion(job)
+    if as_json:
+        click.echo(json.dumps(calib.provenance, indent=2))
+    else:
+        click.echo(f"{len(calib)} images by {method} in {calib.provenance['seconds']:.1f} s, written to {out}")
+
+
+@cli.group()
+def bench() -> None:
+    """Speed measurements, as ratios in one process."""
+
+
+@bench.command(name="inversion")
+@click.option("--model", "model_name", required=True, help="timm ViT name or alias (deit_base, ...).")
+@_model_options
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--iterations", type=int, default=4000, show_default=True, help="Run length the stages are weighted by.")
+@click.option("--steps-per-stage", type=int, default=3, show_default=True, help="Timed iterations per stage.")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--amp", is_flag=True, help="bf16 autocast (CUDA).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, batch_size: int,
+                    iterations: int, steps_per_stage: int, warmup: int, amp: bool, as_json: bool) -> None:
+    """Dense DeepInversion vs SMI iteration speed per sparsity stage, FLOPs and peak memory."""
+    from dfq.inversion.bench import benchmark_inversion
+    from dfq.models import load_model
+    from dfq.pipeline import default_device
+
+    device = device or default_device()
+    model = load_model(model_name, checkpoint=checkpoint, pretrained=not no_pretrained).to(device)
+    r = benchmark_inversion(model, batch_size=batch_size, iterations=iterations, device=device,
+                            warmup=warmup, steps_per_stage=steps_per_stage, amp=amp)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{model_name} batch {batch_size} on {device}: {'stage':>7} {'kept':>5} {'it/s':>8} {'GFLOP/it':>9}")
+    rows = [("dense", r["dense"])] + [(f"{s['first_iteration']}+", s) for s in r["stages"]]
+    for label, st in rows:
+        click.echo(f"{'':>{len(model_name) + 20}}{label:>7} {st['kept_patches']:>5} {st['it_per_s']:8.3f} "
+                   f"{st['flops_per_it'] / 1e9:9.1f}")
+    click.echo(f"whole schedule ({iterations} iterations): SMI/dense speedup {r['speedup']:.2f}x, "
+               f"FLOPs ratio {r['flops_ratio']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from dfq.data import CalibrationSet, labelled_imagenet_folder, load_image_tensor
 from dfq.errors import DfqError
 from dfq.evaluation import TorchPredictor, evaluate
 from dfq.models import checkpoint_sha256, data_config, eval_transform, load_model, model_family
+from dfq.preview import model_patch_size, save_preview
 from dfq.quant.calibrate import calibrate
 from dfq.quant.transform import quantize_
 from dfq.runs import (
@@ -52,9 +54,13 @@ class CalibrationJob:
         model: timm name or alias; None when the float module is passed to :func:`run_calibration`.
         checkpoint: local weights file.
         pretrained: download timm's weights when no checkpoint is given (off = random init).
-        calib_folder: real images for calibration (exclusive with ``inversion``).
-        inversion: registered inversion method (``noise``, ...), exclusive with ``calib_folder``.
-        inversion_args: extra fields for the inversion config.
+        calib_folder: real images for calibration.
+        inversion: registered inversion method (``noise``, ``smi``, ...).
+        calib_set: a calibration set written by ``dfq invert`` (checked against the model).
+            Exactly one of ``calib_folder``, ``inversion``, ``calib_set`` is given.
+        inversion_args: extra fields for the inversion config (typed values, or ``KEY=VALUE``
+            strings under the key ``"settings"``).
+        dense_calibration: forward every token of a sparse (SMI) set instead of only the kept ones.
         num_images: calibration images.
         eval_folder: ImageNet-style ``<wnid>/<image>`` folder for accuracy, agreement and KL.
         eval_images: evaluate on at most this many images (None = all).
@@ -74,6 +80,8 @@ class CalibrationJob:
     calib_folder: str | None = None
     inversion: str | None = None
     inversion_args: dict[str, Any] = field(default_factory=dict)
+    calib_set: str | None = None
+    dense_calibration: bool = False
     num_images: int = 32
     eval_folder: str | None = None
     eval_images: int | None = None
@@ -85,8 +93,10 @@ class CalibrationJob:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if (self.calib_folder is None) == (self.inversion is None):
-            raise DfqError("give exactly one calibration source: --calib-folder DIR or --inversion METHOD")
+        if sum(x is not None for x in (self.calib_folder, self.inversion, self.calib_set)) != 1:
+            raise DfqError(
+                "give exactly one calibration source: --calib-folder DIR, --inversion METHOD or --calib-set DIR"
+            )
         if self.num_images < 1:
             raise DfqError("--num-images must be at least 1")
         if self.batch_size < 1:
@@ -99,17 +109,23 @@ class CalibrationJob:
                 raise DfqError(f"{name.replace('_', '-')} {folder} is not a directory")
 
 
-def calibration_forward_loop(calib: CalibrationSet, batch_size: int, device: str, progress: bool = True):  # noqa: ANN201
-    """A ``forward_loop`` over a calibration set (token-sparse for sets that carry kept-token ids)."""
+def calibration_forward_loop(  # noqa: ANN201
+    calib: CalibrationSet, batch_size: int, device: str, progress: bool = True, dense: bool = False
+):
+    """A ``forward_loop`` over a calibration set.
+
+    Sets that carry kept-token ids (SMI) forward only the kept tokens, the SMI paper's recipe
+    (section 4.3); ``dense=True`` forwards all tokens instead, for comparison.
+    """
 
     def loop(model: nn.Module) -> None:
         from dfq.vit import forward_tokens
 
         batches = list(calib.batches(batch_size))
         for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
-            images, keep = (batch if isinstance(batch, tuple) else (batch, None))
+            images, keep = batch
             images = images.to(device)
-            if keep is None:
+            if keep is None or dense:
                 model(images)
             else:
                 forward_tokens(model, images, keep.to(device))
@@ -125,6 +141,13 @@ def _timer(timings: dict[str, float], key: str) -> Iterator[None]:
 
 
 def _calibration_set(job: CalibrationJob, model: nn.Module, cfg: dict[str, Any]) -> CalibrationSet:
+    from dfq.inversion.job import check_set_matches, model_manifest
+
+    manifest = model_manifest(job.model, job.checkpoint, model, cfg)
+    if job.calib_set is not None:
+        calib = CalibrationSet.load(job.calib_set)
+        check_set_matches(calib, manifest, job.calib_set)
+        return calib
     if job.calib_folder is not None:
         images = load_image_tensor(job.calib_folder, eval_transform(cfg), job.num_images, seed=job.seed)
         return CalibrationSet(
@@ -134,16 +157,15 @@ def _calibration_set(job: CalibrationJob, model: nn.Module, cfg: dict[str, Any])
             provenance={"method": "folder", "folder": str(job.calib_folder), "seed": job.seed},
         )
     from dfq.inversion import invert
+    from dfq.inversion.overrides import parse_overrides
+    from dfq.inversion.registry import get_inverter
 
-    return invert(
-        model,
-        job.inversion,
-        device=job.device,
-        progress=job.progress,
-        num_images=job.num_images,
-        seed=job.seed,
-        **job.inversion_args,
+    args = dict(job.inversion_args)
+    args.update(parse_overrides(get_inverter(job.inversion).config_cls, args.pop("settings", ())))
+    calib = invert(
+        model, job.inversion, device=job.device, progress=job.progress, num_images=job.num_images, seed=job.seed, **args
     )
+    return dataclasses.replace(calib, provenance={**calib.provenance, "model": manifest})
 
 
 def run_calibration(job: CalibrationJob, model: nn.Module | None = None) -> dict[str, Any]:
@@ -173,7 +195,8 @@ def run_calibration(job: CalibrationJob, model: nn.Module | None = None) -> dict
             calib = _calibration_set(job, model, cfg)
         with _timer(timings, "quantize_and_calibrate"):
             qmodel = quantize_(copy.deepcopy(model), job.config)
-            calibrate(qmodel, calibration_forward_loop(calib, job.batch_size, job.device, job.progress))
+            loop = calibration_forward_loop(calib, job.batch_size, job.device, job.progress, job.dense_calibration)
+            calibrate(qmodel, loop)
 
         recipe = {
             "model": {
@@ -187,8 +210,9 @@ def run_calibration(job: CalibrationJob, model: nn.Module | None = None) -> dict
             },
             "quant": job.config.to_dict(),
             "calibration": {
-                "source": job.inversion or "folder",
-                "folder": job.calib_folder,
+                "source": job.inversion or ("folder" if job.calib_folder else "set"),
+                "folder": job.calib_folder or job.calib_set,
+                "sparse": calib.keep_index is not None and not job.dense_calibration,
                 "num_images": len(calib),
                 "seed": job.seed,
                 "inversion_args": dict(job.inversion_args),
@@ -198,6 +222,7 @@ def run_calibration(job: CalibrationJob, model: nn.Module | None = None) -> dict
         }
         write_json(run / RECIPE, recipe)
         calib.save(run / CALIBRATION_DIR)
+        save_preview(calib, run / CALIBRATION_DIR / "preview.png", cfg["mean"], cfg["std"], patch=model_patch_size(model))
         save_quant_state(run, recipe, qmodel)
 
         report: dict[str, Any] = {

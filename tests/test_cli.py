@@ -68,7 +68,7 @@ def test_calibrate_writes_a_complete_run_that_reloads(tmp_path, image_folder, ca
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["model"]["name"] == "test_vit" and recipe["quant"]["name"] == "w8a8"
     assert recipe["calibration"] == {
-        "source": "noise", "folder": None, "num_images": 4, "seed": 0, "inversion_args": {},
+        "source": "noise", "folder": None, "sparse": False, "num_images": 4, "seed": 0, "inversion_args": {},
     }  # fmt: skip
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial directories left
 
@@ -165,3 +165,63 @@ def test_wnid_labels_used_by_eval(image_folder):
     idx = wnid_to_index()
     assert [idx[w] for w in WNIDS] == [0, 1, 2]
     assert timm.create_model("test_vit", pretrained=False).num_classes == 1000
+
+
+def test_invert_then_calibrate_on_the_saved_sparse_set(tmp_path, image_folder, capsys):
+    out = tmp_path / "smi-set"
+    code, stdout, err = run_cli(
+        ["invert", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--method", "smi",
+         "--num-images", "2", "--set", "iterations=4", "--set", "schedule=1:0.5,2:0.5", "--out", str(out), "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads(stdout)
+    assert manifest["method"] == "smi" and manifest["model"]["name"] == "test_vit"
+    assert manifest["config"]["schedule"] == [[1, 0.5], [2, 0.5]] and manifest["config"]["iterations"] == 4
+    assert {p.name for p in out.iterdir()} == {"calibration.safetensors", "calibration.json", "preview.png"}
+    calib = dfq.CalibrationSet.load(out)
+    assert calib.keep_index.shape == (2, 1 + 25)  # 100 patches -> int(100 * 0.5) = 50 -> 25, plus CLS
+    assert not (tmp_path / "smi-set.ckpt").exists()
+
+    run = tmp_path / "run"
+    code, stdout, err = run_cli(
+        ["calibrate", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--calib-set", str(out),
+         "--eval-folder", str(image_folder), "--out", str(run), "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["calibration"]["sparse"] is True
+
+    # a set made for another resolution is refused with one line
+    code, _, err = run_cli(
+        ["calibrate", "--model", "deit_tiny", "--no-pretrained", "--device", "cpu", "--calib-set", str(out),
+         "--out", str(tmp_path / "other")],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and "size" in err and len(err.strip().splitlines()) == 1
+
+
+def test_invert_rejects_unknown_settings(tmp_path, capsys):
+    code, _, err = run_cli(
+        ["invert", "--model", "test_vit", "--no-pretrained", "--method", "smi", "--set", "lrr=1",
+         "--out", str(tmp_path / "x")],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and "unknown setting 'lrr'" in err and "lr" in err
+
+
+def test_bench_inversion_json(capsys):
+    code, stdout, err = run_cli(
+        ["bench", "inversion", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--batch-size", "1",
+         "--steps-per-stage", "1", "--warmup", "0", "--iterations", "400", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert [s["kept_patches"] for s in r["stages"]] == [100, 70, 49, 34, 23]
+    assert sum(s["iterations_in_run"] for s in r["stages"]) == 400
+    assert r["speedup"] == pytest.approx(r["dense_seconds_total"] / r["smi_seconds_total"])
+    flops = [s["flops_per_it"] for s in r["stages"]]
+    assert flops == sorted(flops, reverse=True) and flops[-1] < 0.5 * flops[0]  # FLOPs fall with the kept tokens
+    weighted = sum(s["flops_per_it"] * s["iterations_in_run"] for s in r["stages"])
+    assert r["flops_ratio"] == pytest.approx(r["dense"]["flops_per_it"] * 400 / weighted)

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-# Importing a method module registers it (one line per method).
-from dfq.inversion import noise  # noqa: F401
+# Importing a method module registers it.
+from dfq.inversion import cmi, deepinversion, noise, smi  # noqa: F401
 from dfq.inversion.registry import check_family, get_inverter, inverter_names, register_inverter
 
 __all__ = ["invert", "inverter_names", "register_inverter", "get_inverter"]

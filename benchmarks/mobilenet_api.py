@@ -1,0 +1,64 @@
+"""MobileNet-v1 0.25 W8A8 through the Python API: a model built by the caller, one ``run_calibration``.
+
+The shared MobileNet-v1 weights are not a timm pretrained tag: the caller builds the architecture
+(TF "same" padding, BN eps 1e-3) and passes its preprocessing (``x / 127.5 - 1``, i.e. mean = std =
+0.5). This is how a deployment pipeline embeds dfq for its own models.
+
+    python benchmarks/mobilenet_api.py --out runs/mbv1-w8a8 [--calibrator mse] [--bias-correction off]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from timm.models.efficientnet import _gen_mobilenet_v1  # noqa: E402
+
+from dfq.config import preset  # noqa: E402
+from dfq.models import load_checkpoint_state, load_state_into  # noqa: E402
+from dfq.pipeline import CalibrationJob, run_calibration  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--assets", default=os.environ.get("DFQ_ASSETS", "../shared/assets"))
+    ap.add_argument("--out", default="runs/mbv1-w8a8")
+    ap.add_argument("--scheme", default="w8a8", choices=["w8a8", "w4a8"])
+    ap.add_argument("--calibrator", default="minmax")
+    ap.add_argument("--bias-correction", default="auto", choices=["auto", "on", "off"])
+    args = ap.parse_args()
+    assets = Path(args.assets)
+
+    model = _gen_mobilenet_v1("mobilenetv1_100", 0.25, pad_type="same", bn_eps=1e-3)
+    load_state_into(model, load_checkpoint_state(assets / "weights" / "mobilenet_v1_025_224.pth"))
+    config = preset(args.scheme)
+    config = dataclasses.replace(
+        config,
+        act=dataclasses.replace(config.act, calibrator=args.calibrator),
+        bias_correction=args.bias_correction,
+    )
+    folder = str(assets / "data" / "imagenet-sample" / "val")
+    job = CalibrationJob(
+        out=args.out,
+        config=config,
+        model="mobilenet_v1_025 (caller-built)",
+        calib_folder=folder,
+        num_images=32,
+        eval_folder=folder,
+        data_overrides={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+        overwrite=True,
+        device="cpu",
+    )
+    report = run_calibration(job, model=model)
+    print(json.dumps({k: report[k] for k in ("fp", "quant", "agreement", "kl")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
