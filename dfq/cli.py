@@ -63,6 +63,8 @@ def cli() -> None:
               help="trt: symmetric INT8 as TensorRT runs it; paper: PSAQ-ViT/SMI asymmetric activations.")
 @click.option("--calibrator", type=click.Choice(calibrator_names()), default="minmax", show_default=True,
               help="Activation range calibrator.")
+@click.option("--site-calibrator", "site_calibrators", multiple=True, metavar="SITE=NAME",
+              help="Calibrator of one activation site (trt presets: softmax=mse), repeatable.")
 @click.option("--weight-calibrator", type=click.Choice(calibrator_names()), default=None,
               help="Per-channel weight range search (default: the preset's, minmax).")
 @click.option("--calib-folder", type=click.Path(), default=None, help="Real images for calibration.")
@@ -87,7 +89,7 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, scheme: str,
-              numerics: str, calibrator: str, weight_calibrator: str | None, calib_folder: str | None,
+              numerics: str, calibrator: str, site_calibrators: tuple[str, ...], weight_calibrator: str | None, calib_folder: str | None,
               inversion: str | None, calib_set: str | None, settings: tuple[str, ...], dense_calibration: bool,
               num_images: int, eval_folder: str | None, eval_images: int | None,
               sites: str | None, no_head: bool, bias_correction: str, batch_size: int, seed: int, out: str, force: bool,
@@ -100,6 +102,14 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
         "act": dataclasses.replace(config.act, calibrator=calibrator),
         "bias_correction": bias_correction,
     }
+    if site_calibrators:
+        pairs = dict(config.site_calibrators)
+        for item in site_calibrators:
+            site, sep, name = item.partition("=")
+            if not sep or name not in calibrator_names():
+                raise DfqError(f"--site-calibrator expects SITE=NAME with NAME in {', '.join(calibrator_names())}")
+            pairs[site.strip()] = name
+        changes["site_calibrators"] = tuple(pairs.items())
     if weight_calibrator:
         changes["weight"] = dataclasses.replace(config.weight, calibrator=weight_calibrator)
     if sites is not None:

@@ -206,6 +206,31 @@ class LoopSpec:
     init_state: Callable[[int], dict[str, Any]] = field(default=lambda _b: {})
     kept_count: Callable[[dict[str, Any]], int] | None = None
 
+    @classmethod
+    def from_config(
+        cls, method: str, config: Any, input_size: tuple[int, int, int], data_cfg: dict[str, Any], **extra: Any
+    ) -> LoopSpec:
+        """A spec whose shared optimisation fields come from ``config`` (DeepInversion/SMI configs)."""
+        return cls(
+            method=method,
+            config=config,
+            seed=config.seed,
+            num_images=config.num_images,
+            batch_size=config.batch_size,
+            iterations=config.iterations,
+            lr=config.lr,
+            betas=config.betas,
+            clip=config.clip,
+            amp=config.amp,
+            log_every=config.log_every,
+            input_size=input_size,
+            mean=tuple(data_cfg["mean"]),
+            std=tuple(data_cfg["std"]),
+            checkpoint_path=config.checkpoint_path,
+            checkpoint_every=config.checkpoint_every,
+            **extra,
+        )
+
 
 @dataclass
 class BatchResult:

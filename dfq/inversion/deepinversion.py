@@ -273,23 +273,11 @@ def deepinversion(
             prior_input = x if family == "vit" else aug  # SMI: TV on the full un-jittered image
             return deepinversion_loss(model, aug, y, cfg, bn_ctx, prior_input)["total"]
 
-        spec = LoopSpec(
-            method="deepinversion",
-            config=cfg,
-            seed=cfg.seed,
-            num_images=cfg.num_images,
-            batch_size=cfg.batch_size,
-            iterations=cfg.iterations,
-            lr=cfg.lr,
-            betas=cfg.betas,
-            clip=cfg.clip,
-            amp=cfg.amp,
-            log_every=cfg.log_every,
-            input_size=input_size,
-            mean=tuple(dcfg["mean"]),
-            std=tuple(dcfg["std"]),
-            checkpoint_path=cfg.checkpoint_path,
-            checkpoint_every=cfg.checkpoint_every,
+        spec = LoopSpec.from_config(
+            "deepinversion",
+            cfg,
+            input_size,
+            dcfg,
             new_optimizer_at=frozenset({low_res_until} if low_res_until else ()),
             lr_at=lr_at if cfg.cosine_lr else None,
         )

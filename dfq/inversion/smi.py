@@ -280,23 +280,11 @@ def smi(
 
     with frozen_eval(model):
         labels = random_labels(config.num_images, num_classes_of(model, input_size, device), config.seed)
-        spec = LoopSpec(
-            method="smi",
-            config=config,
-            seed=config.seed,
-            num_images=config.num_images,
-            batch_size=config.batch_size,
-            iterations=config.iterations,
-            lr=config.lr,
-            betas=config.betas,
-            clip=config.clip,
-            amp=config.amp,
-            log_every=config.log_every,
-            input_size=input_size,
-            mean=tuple(dcfg["mean"]),
-            std=tuple(dcfg["std"]),
-            checkpoint_path=config.checkpoint_path,
-            checkpoint_every=config.checkpoint_every,
+        spec = LoopSpec.from_config(
+            "smi",
+            config,
+            input_size,
+            dcfg,
             reset_best_at=frozenset(prune_at),
             init_state=lambda _bs: {"keep": None, "attn": None, "history": [n_tokens - 1]},
             kept_count=lambda s: n_tokens if s["keep"] is None else int(s["keep"].shape[1]),
