@@ -87,13 +87,15 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--export", "export_fmt", type=click.Choice(["onnx", "trt"]), default=None,
+              help="Also export the calibrated model (RUN/model.qdq.onnx, RUN/model.plan).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, scheme: str,
               numerics: str, calibrator: str, site_calibrators: tuple[str, ...], weight_calibrator: str | None, calib_folder: str | None,
               inversion: str | None, calib_set: str | None, settings: tuple[str, ...], dense_calibration: bool,
               num_images: int, eval_folder: str | None, eval_images: int | None,
               sites: str | None, no_head: bool, bias_correction: str, batch_size: int, seed: int, out: str, force: bool,
-              as_json: bool) -> None:
+              export_fmt: str | None, as_json: bool) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
     from dfq.pipeline import CalibrationJob, default_device, run_calibration
 
@@ -124,10 +126,16 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
         eval_images=eval_images, batch_size=batch_size, seed=seed, device=device or default_device(),
         overwrite=force, progress=not as_json,
     )  # fmt: skip
+    if export_fmt == "trt" and not config.trt_compatible:
+        raise DfqError(f"--export trt needs trt numerics; {numerics} numerics run on ONNX Runtime only (--export onnx)")
     report = run_calibration(job)
+    if export_fmt is not None:
+        from dfq.export.onnx import export_run
+
+        report["export"] = str(export_run(out, export_fmt))
     _print(report, as_json)
     if not as_json:
-        click.echo(f"run written to {out}")
+        click.echo(f"run written to {out}" + (f"; exported {report['export']}" if export_fmt else ""))
 
 
 @cli.command(name="eval")
@@ -137,17 +145,21 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
 @click.option("--data", required=True, type=click.Path(), help="ImageNet-style <wnid>/<image> folder.")
 @click.option("--limit", type=int, default=None, help="Evaluate at most this many images.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True,
+              help="Run the quantized model as torch fake-quant, RUN/model.qdq.onnx in ONNX Runtime, or RUN/model.plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def eval_cmd(run: str | None, model_name: str | None, checkpoint: str | None, no_pretrained: bool,
-             device: str | None, data: str, limit: int | None, batch_size: int, as_json: bool) -> None:
+             device: str | None, data: str, limit: int | None, batch_size: int, backend: str, as_json: bool) -> None:
     """Top-1/top-5 of a run (with agreement and KL to its float weights) or of a float model."""
     from dfq.pipeline import evaluate_folder
 
     if run is not None and (model_name or checkpoint):
         raise DfqError("give a run directory or --model/--checkpoint, not both")
+    if backend != "torch" and run is None:
+        raise DfqError(f"--backend {backend} evaluates a run directory's export; give RUN")
     report = evaluate_folder(
         data, run=run, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
-        device=device, batch_size=batch_size, limit=limit, progress=not as_json,
+        device=device, batch_size=batch_size, limit=limit, progress=not as_json, backend=backend,
     )  # fmt: skip
     _print(report, as_json)
 
@@ -181,6 +193,25 @@ def invert(model_name: str, checkpoint: str | None, no_pretrained: bool, device:
         click.echo(json.dumps(calib.provenance, indent=2))
     else:
         click.echo(f"{len(calib)} images by {method} in {calib.provenance['seconds']:.1f} s, written to {out}")
+
+
+@cli.command(name="export")
+@click.argument("run", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--fp16-remainder/--no-fp16-remainder", default=None,
+              help="Cast the unquantized remainder to FP16 (default: on for trt, off for onnx).")
+@click.option("--int4-weights", is_flag=True, help="INT4 weight-only DQ blocks for Linear layers (opset 21).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: 17; 19 with FP16, 21 with INT4).")
+def export_cmd(run: str, fmt: str, fp16_remainder: bool | None, int4_weights: bool, opset: int | None) -> None:
+    """Export a calibrated run: TensorRT-ready Q/DQ ONNX (checked) and optionally a TensorRT engine."""
+    from dfq.export.onnx import export_run
+
+    opts: dict[str, Any] = {"int4_weights": int4_weights}
+    if fp16_remainder is not None:
+        opts["fp16_remainder"] = fp16_remainder
+    if opset is not None:
+        opts["opset"] = opset
+    click.echo(f"wrote {export_run(run, fmt, **opts)}")
 
 
 @cli.group()

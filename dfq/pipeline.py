@@ -254,6 +254,25 @@ def _evaluate_pair(job: CalibrationJob, fp: nn.Module, quant: nn.Module, cfg: di
     }
 
 
+def _backend_predictor(run: str, backend: str, net: nn.Module, dev: torch.device):  # noqa: ANN202
+    if backend == "torch":
+        return TorchPredictor(net, dev)
+    name = {"onnxruntime": "model.qdq.onnx", "tensorrt": "model.plan"}.get(backend)
+    if name is None:
+        raise DfqError(f"unknown backend {backend!r}; choose torch, onnxruntime or tensorrt")
+    path = Path(run) / name
+    if not path.is_file():
+        fmt = "onnx" if backend == "onnxruntime" else "trt"
+        raise DfqError(f"{path} does not exist; run `dfq export {run} --format {fmt}` first")
+    if backend == "onnxruntime":
+        from dfq.export.runtime import ort_predictor
+
+        return ort_predictor(path, providers=["CUDAExecutionProvider"] if dev.type == "cuda" else None)
+    from dfq.export.runtime import TrtPredictor
+
+    return TrtPredictor(path)
+
+
 class _FloatView:
     """Predictor running a fake-quant model with every quantizer off (its exact float reference)."""
 
@@ -279,11 +298,14 @@ def evaluate_folder(
     batch_size: int = 64,
     limit: int | None = None,
     progress: bool = True,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Accuracy on an ImageNet-style folder, for a run (quantized vs its float weights) or a model.
 
     With ``run``: ``quant`` and ``fp`` top-1/top-5, ``agreement`` and ``kl`` (the FP reference is the
     run's own float weights with quantizers off). With ``model``: ``fp`` top-1/top-5 only.
+    ``backend`` runs the quantized model as torch fake-quant (``torch``), as ``RUN/model.qdq.onnx``
+    in ONNX Runtime (``onnxruntime``) or as ``RUN/model.plan`` (``tensorrt``).
     """
     from dfq.runs import load, read_recipe
 
@@ -307,9 +329,10 @@ def evaluate_folder(
     if run is None:
         m = evaluate(TorchPredictor(net, dev), loader, progress=progress)
         return {"model": model, "fp": {"top1": m["top1"], "top5": m["top5"]}, "num_eval_images": m["num_images"]}
-    m = evaluate(TorchPredictor(net, dev), loader, reference=_FloatView(net, dev), progress=progress)
+    m = evaluate(_backend_predictor(run, backend, net, dev), loader, reference=_FloatView(net, dev), progress=progress)
     return {
         "run": str(run),
+        "backend": backend,
         "fp": m["reference"],
         "quant": {"top1": m["top1"], "top5": m["top5"]},
         "agreement": m["agreement"],

@@ -225,3 +225,25 @@ def test_bench_inversion_json(capsys):
     assert flops == sorted(flops, reverse=True) and flops[-1] < 0.5 * flops[0]  # FLOPs fall with the kept tokens
     weighted = sum(s["flops_per_it"] * s["iterations_in_run"] for s in r["stages"])
     assert r["flops_ratio"] == pytest.approx(r["dense"]["flops_per_it"] * 400 / weighted)
+
+
+def test_calibrate_export_and_eval_in_onnxruntime(tmp_path, image_folder, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli([*_calibrate_args(out, image_folder), "--export", "onnx"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["export"] == str(out / "model.qdq.onnx") and (out / "model.qdq.onnx").is_file()
+    code, stdout, err = run_cli(
+        ["eval", str(out), "--data", str(image_folder), "--backend", "onnxruntime", "--json"], capsys
+    )
+    assert code == 0, err
+    ort = json.loads(stdout)
+    assert ort["backend"] == "onnxruntime" and ort["num_eval_images"] == 6
+    assert ort["fp"] == report["fp"]  # same float reference
+    assert 0.0 <= ort["agreement"] <= 1.0
+
+    # the TensorRT engine needs trt numerics: paper numerics are refused with one line
+    code, _, err = run_cli([*_calibrate_args(tmp_path / "p", image_folder), "--numerics", "paper", "--export", "trt"], capsys)
+    assert code == 2 and "trt numerics" in err and not (tmp_path / "p").exists()
+    code, _, err = run_cli(["eval", str(out), "--data", str(image_folder), "--backend", "tensorrt"], capsys)
+    assert code == 2 and "dfq export" in err

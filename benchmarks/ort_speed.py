@@ -1,0 +1,205 @@
+"""ONNX Runtime speed and accuracy: dfq Q/DQ export vs ORT ``quantize_static`` vs FP32 ONNX, in one run.
+
+All three graphs come from the same float model; both quantized ones are calibrated on the same real
+images (dfq: its preset, minmax activations; ORT: ``quantize_static`` restricted to MatMul/Gemm/Conv
+inputs, QDQ format, per-channel symmetric INT8 weights, symmetric INT8 activations, MinMax). Latency
+is measured interleaved (FP32, dfq, ORT, FP32, ...) at batch 1 and 8 and reported as the median
+per-call time and as ratios to FP32 (:mod:`dfq.export.latency`); the op counts of each graph after
+ORT's optimizations show what ORT fused. Optional: top-1 and agreement with FP32 on labelled images.
+
+    python benchmarks/ort_speed.py --model deit_tiny \
+        --checkpoint ../shared/assets/weights/deit_tiny_patch16_224.pth \
+        --images ../shared/assets/data/imagenet-sample/val --eval-images 200 --json ort_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from dfq.config import preset  # noqa: E402
+from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
+from dfq.evaluation import classification_metrics  # noqa: E402
+from dfq.export.latency import time_rounds  # noqa: E402
+from dfq.export.onnx import export_onnx  # noqa: E402
+from dfq.export.runtime import ort_predictor  # noqa: E402
+from dfq.models import data_config, eval_transform, load_model  # noqa: E402
+from dfq.quant.calibrate import calibrate  # noqa: E402
+from dfq.quant.transform import quantize_  # noqa: E402
+
+
+def export_fp32(model: torch.nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, *shape),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+def ort_static(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": b.numpy()} for b in calib.split(8)])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    return out
+
+
+def fused_ops(path: Path, tmp: Path, threads: int) -> dict[str, int]:
+    import onnx
+
+    opt = tmp / f"{path.stem}.opt.onnx"
+    ort_predictor(path, threads=threads, optimized_model_path=opt)
+    counts = Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+    keep = (
+        "MatMul",
+        "Gemm",
+        "Conv",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinear",
+        "Integer",
+        "Attention",
+        "Gelu",
+        "Fused",
+    )
+    return {k: v for k, v in sorted(counts.items()) if any(s in k for s in keep)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="deit_tiny")
+    p.add_argument("--checkpoint")
+    p.add_argument("--images", required=True, help="image folder for calibration (and evaluation)")
+    p.add_argument("--scheme", default="w8a8")
+    p.add_argument("--num-calib", type=int, default=32)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--eval-images", type=int, default=0, help="top-1/agreement on this many labelled images")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.checkpoint is None)
+    cfg = data_config(model)
+    shape = tuple(cfg["input_size"])
+    transform = eval_transform(cfg)
+    calib = load_image_tensor(args.images, transform, args.num_calib)
+    result: dict = {
+        "model": args.model,
+        "scheme": args.scheme,
+        "num_calib": len(calib),
+        "threads": args.threads,
+    }
+
+    tmp = Path(tempfile.mkdtemp(prefix="ort_speed-"))
+    t0 = time.perf_counter()
+    fp32 = export_fp32(model, tmp / "fp32.onnx", shape)
+    qmodel = calibrate(
+        quantize_(copy.deepcopy(model), preset(args.scheme)), lambda m: [m(b) for b in calib.split(8)]
+    )
+    dfq_path = export_onnx(qmodel, tmp / "dfq.qdq.onnx", input_shape=shape)
+    ort_path = ort_static(fp32, tmp / "ort.qdq.onnx", calib)
+    result["prepare_s"] = round(time.perf_counter() - t0, 1)
+    paths = {"fp32": fp32, "dfq": dfq_path, "ort_static": ort_path}
+    preds = {k: ort_predictor(v, threads=args.threads) for k, v in paths.items()}
+    result["fused_ops"] = {k: fused_ops(v, tmp, args.threads) for k, v in paths.items()}
+    result["latency"] = {}
+    for bs in args.batches:
+        x = (
+            calib[:bs]
+            if bs <= len(calib)
+            else calib.repeat((bs + len(calib) - 1) // len(calib), 1, 1, 1)[:bs]
+        )
+        t = time_rounds(preds, x, rounds=args.rounds, iters=args.iters, warmup=2)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        result["latency"][f"batch{bs}"] = {
+            **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
+            "dfq/fp32": round(med["dfq"] / med["fp32"], 3),
+            "ort_static/fp32": round(med["ort_static"] / med["fp32"], 3),
+            "dfq/ort_static": round(med["dfq"] / med["ort_static"], 3),
+        }
+        print(f"batch {bs}: {result['latency'][f'batch{bs}']}", file=sys.stderr)
+    if args.eval_images:
+        ds = labelled_imagenet_folder(args.images, transform)
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: args.eval_images].tolist()
+        loader = make_loader(torch.utils.data.Subset(ds, idx), batch_size=16)
+        logits: dict[str, list[torch.Tensor]] = {k: [] for k in preds}
+        labels = []
+        for images, lab in loader:
+            labels.append(torch.as_tensor(lab))
+            for k, pred in preds.items():
+                logits[k].append(pred(images))
+        with torch.no_grad():
+            torch_fq = torch.cat([qmodel(images) for images, _ in loader])
+        lab = torch.cat(labels)
+        ref = torch.cat(logits["fp32"])
+        result["accuracy"] = {
+            k: {
+                m: v
+                for m, v in classification_metrics(torch.cat(v), lab, ref).items()
+                if m in ("top1", "agreement", "kl")
+            }
+            for k, v in logits.items()
+        }
+        result["accuracy"]["dfq_torch_fake_quant"] = {
+            m: v
+            for m, v in classification_metrics(torch_fq, lab, ref).items()
+            if m in ("top1", "agreement", "kl")
+        }
+        result["accuracy"]["num_images"] = len(lab)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,605 @@
+"""Q/DQ ONNX export of a calibrated fake-quant model (spec: DEPLOYMENT.md §b1-b5, the TensorRT explicit-quantization rules).
+
+This module owns the ONNX artifact ``model.qdq.onnx``:
+
+* **How.** The TorchScript exporter (``torch.onnx.export(dynamo=False)``) runs on the fake-quant model
+  while :func:`export_mode` temporarily swaps, from the outside, every ``QuantLayer`` for an
+  ``_ExportLayer`` and every remaining ``FakeQuantizer`` for an ``_ExportQDQ``. Those call
+  ``torch.fake_quantize_per_tensor_affine`` / ``fake_quantize_per_channel_affine``, which the exporter
+  writes as ``QuantizeLinear -> DequantizeLinear`` pairs. The quantizer classes hold no export code.
+* **Where.** Q/DQ sit on the *inputs* of Conv/MatMul (incl. ``q @ kᵀ`` and ``attn @ v``), never on
+  their outputs (``trt`` numerics place no output quantizers); LayerNorm, Softmax and GELU stay float.
+  ``paper`` numerics export every observer they have (asymmetric UINT8), for ONNX Runtime only.
+* **Weights.** Pre-quantized INT8 initializers feeding ``DequantizeLinear`` only (no weight Q node):
+  half the file size, no float copy for TensorRT/ORT to constant-fold, and the integer codes are
+  inspectable. Per output channel: Conv weights ``(O, I, kh, kw)`` axis 0, MatMul weights stored
+  ``(in, out)`` axis 1. Bias (minus any bias-correction term, folded here) stays float.
+* **Opset.** 17 by default: the first with ``LayerNormalization`` (one TensorRT layer instead of a
+  ReduceMean chain) and per-axis Q/DQ (since 13). ``fp16_remainder`` uses 19 (Q/DQ take FP16 inputs
+  and scales, so no Cast pairs around each Q/DQ); ``int4_weights`` uses 21 (INT4 and blocked DQ).
+* **Post-processing** with ``onnx``: Constant nodes become initializers, weight Q nodes are folded
+  into integer initializers, duplicate Q/DQ of the same tensor are merged, optional FP16 remainder and
+  INT4 weight-only DQ, then :func:`dfq.export.checker.check_onnx` runs and errors abort the export.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from dfq.errors import DfqError
+from dfq.quant.modules import QuantLayer, quantizers
+from dfq.quant.quantizer import FakeQuantizer
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["export_onnx", "export_run", "export_mode", "target_of", "DEFAULT_OPSET", "QDQ_ONNX", "PLAN"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+FP16_OPSET = 19
+INT4_OPSET = 21
+QDQ_ONNX = "model.qdq.onnx"
+PLAN = "model.plan"
+_EXPORTER_RANGES = {(-128, 127), (0, 255)}
+
+
+# -- export-time stand-ins ------------------------------------------------------------------------
+class _ExportQDQ(nn.Module):
+    """A calibrated per-tensor activation quantizer as ``fake_quantize_per_tensor_affine`` (exports as Q/DQ)."""
+
+    def __init__(self, fq: FakeQuantizer) -> None:
+        super().__init__()
+        self.enabled = fq.mode == "quantize"
+        self.site = fq.site
+        if not self.enabled:
+            return
+        if fq.axis is not None:
+            raise DfqError(
+                f"activation quantizer {fq.site!r} is per-channel; ONNX export needs per-tensor activations"
+            )
+        scale, zp, qmin, qmax = fq.qparams()
+        if (qmin, qmax) not in _EXPORTER_RANGES:
+            raise DfqError(
+                f"activation quantizer {fq.site!r} has a {fq.spec.num_bits}-bit range; only 8-bit activations export"
+            )
+        self.scale, self.zero_point = float(scale), int(zp)
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+
+def _weight_qdq(w: Tensor, scale: Tensor, axis: int) -> Tensor:
+    zp = torch.zeros(scale.numel(), dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale.reshape(-1).float(), zp, axis, -128, 127)
+
+
+class _ExportLayer(nn.Module):
+    """A ``QuantLayer`` with its weight already on the integer grid and the bias correction folded.
+
+    The weight buffer holds the fake-quantized weight (exactly ``code * scale``), so re-quantizing it
+    with the same per-channel scale and the INT8 range gives back the calibrated codes, also for 4-bit
+    grids and MSE-clipped ranges (the codes stay in [-8, 7]).
+    """
+
+    def __init__(self, ql: QuantLayer, swap: dict[int, nn.Module]) -> None:
+        super().__init__()
+        self.layer = ql.layer
+        self.input_quantizer = swap.get(id(ql.input_quantizer)) if ql.input_quantizer is not None else None
+        self.output_quantizer = swap.get(id(ql.output_quantizer)) if ql.output_quantizer is not None else None
+        wq = ql.weight_quantizer
+        self.quantized = wq is not None and wq.mode == "quantize"
+        self.kind = (
+            "linear" if type(ql.layer) is nn.Linear else "conv" if type(ql.layer) is nn.Conv2d else "other"
+        )
+        with torch.no_grad():
+            w = ql.quantized_weight().detach().float()
+            bias = None if ql.layer.bias is None else ql.layer.bias.detach().float()
+            if ql.bias_correction is not None and self.quantized:
+                corr = ql.bias_correction.detach().float()
+                bias = -corr if bias is None else bias - corr
+            scale = wq.qparams()[0].detach().float().reshape(-1) if self.quantized else torch.ones(1)
+            if self.quantized and wq.qparams()[1].abs().max() > 0:
+                raise DfqError("weight quantizers must be symmetric (zero-point 0) to export")
+        if self.kind == "linear":
+            w = w.t().contiguous()  # (in, out): the MatMul's B input, output channels on axis 1
+        self.register_buffer("w", w)
+        self.register_buffer("b", bias)
+        self.register_buffer("scale", scale)
+
+    def _weight(self) -> Tensor:
+        if not self.quantized:
+            return self.w
+        return _weight_qdq(self.w, self.scale, 1 if self.kind == "linear" else 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        w = self._weight()
+        if self.kind == "linear":
+            y = x @ w
+            y = y if self.b is None else y + self.b
+        elif self.kind == "conv":
+            y = self.layer._conv_forward(x, w, self.b)
+        else:
+            params = {"weight": w} if self.b is None else {"weight": w, "bias": self.b}
+            y = functional_call(self.layer, params, (x,))
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y)
+        return y
+
+
+def _replace_children(
+    model: nn.Module, mapping: dict[int, nn.Module]
+) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Swap every child whose id is in ``mapping``; returns the undo list."""
+    undo: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = mapping.get(id(child))
+            if new is not None and new is not child:
+                parent._modules[name] = new
+                undo.append((parent, name, child))
+    return undo
+
+
+@contextmanager
+def export_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model's quantizers are exporter-friendly stand-ins; restored on exit.
+
+    Every FakeQuantizer (also shared ones and those inside parametrizations) becomes an
+    ``_ExportQDQ``; every ``QuantLayer`` becomes an ``_ExportLayer``. The original modules are put
+    back even when the block raises.
+    """
+    fqs = [q for q in quantizers(model) if q.site != "weight"]
+    swap: dict[int, nn.Module] = {id(q): _ExportQDQ(q) for q in fqs}
+    layers = {id(m): _ExportLayer(m, swap) for m in model.modules() if isinstance(m, QuantLayer)}
+    undo: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        undo += _replace_children(model, layers)
+        undo += _replace_children(model, swap)
+        yield model
+    finally:
+        for parent, name, child in reversed(undo):
+            parent._modules[name] = child
+
+
+def target_of(model: nn.Module) -> Literal["trt", "ort"]:
+    """``trt`` when every quantizer is symmetric 8-bit-activation (TensorRT numerics), else ``ort``."""
+    for q in quantizers(model):
+        if q.mode != "quantize":
+            continue
+        if not q.spec.symmetric or q.spec.paper_scale or (q.site != "weight" and q.spec.num_bits != 8):
+            return "ort"
+    return "trt"
+
+
+def _weight_bits(model: nn.Module) -> int:
+    bits = [q.spec.num_bits for q in quantizers(model) if q.site == "weight" and q.mode == "quantize"]
+    return max(bits) if bits else 32
+
+
+# -- export ---------------------------------------------------------------------------------------
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    input_shape: Sequence[int],
+    opset: int | None = None,
+    fp16_remainder: bool = False,
+    int4_weights: bool = False,
+    check: bool = True,
+) -> Path:
+    """Export a calibrated fake-quant model to a Q/DQ ONNX file with a dynamic batch dimension.
+
+    Args:
+        model: a model prepared by ``dfq.quantize_`` and calibrated (CPU or CUDA; exported on CPU).
+        path: output ``.onnx`` file.
+        input_shape: ``(C, H, W)`` of one image (the batch dimension is dynamic).
+        opset: ONNX opset; default 17 (19 with ``fp16_remainder``, 21 with ``int4_weights``).
+        fp16_remainder: store the unquantized remainder (activations, biases, LayerNorm, scales) in FP16.
+        int4_weights: Linear/MatMul weights as INT4 weight-only DQ (needs <= 4-bit weights; the inputs
+            of those MatMuls lose their activation Q/DQ: W4A16, what TensorRT can run).
+        check: run :func:`dfq.export.checker.check_onnx` and raise on errors.
+
+    Returns:
+        The written path.
+
+    Raises:
+        DfqError: uncalibrated model, unsupported numerics, or checker errors.
+    """
+    import onnx
+
+    path = Path(path)
+    if not quantizers(model):
+        raise DfqError("model has no quantizers: run dfq.quantize_ and dfq.calibrate before exporting")
+    if any(not q.is_calibrated for q in quantizers(model) if q.mode == "quantize"):
+        raise DfqError("model is not calibrated: run dfq.calibrate(model, forward_loop) before exporting")
+    if int4_weights and _weight_bits(model) > 4:
+        raise DfqError("int4_weights needs a model with <= 4-bit weights (e.g. the w4a8 preset)")
+    target = target_of(model)
+    if fp16_remainder and target != "trt":
+        raise DfqError("fp16_remainder is for TensorRT (trt numerics); paper numerics export in FP32")
+    want = INT4_OPSET if int4_weights else FP16_OPSET if fp16_remainder else DEFAULT_OPSET
+    opset = opset or want
+    if opset < want:
+        raise DfqError(f"opset {opset} is too old for these options; use >= {want}")
+    proto = _trace(model, tuple(input_shape), min(opset, 20))
+    proto = postprocess(proto, opset=opset, fp16_remainder=fp16_remainder, int4_weights=int4_weights)
+    onnx.checker.check_model(proto)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    if check:
+        from dfq.export.checker import check_onnx, format_findings
+
+        findings = check_onnx(path, target=target)
+        errors = [f for f in findings if f.severity == "error"]
+        warned = [f for f in findings if f.severity == "warning"]
+        if warned:
+            log.warning("%s: %d checker warning(s), e.g. %s", path.name, len(warned), warned[0])
+        if errors:
+            raise DfqError(
+                f"exported graph breaks {len(errors)} rule(s): "
+                + format_findings(errors[:3]).replace("\n", "; ")
+            )
+    return path
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> onnx.ModelProto:
+    import onnx
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.cpu().eval()
+    buf = io.BytesIO()
+    try:
+        with export_mode(model), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (torch.zeros(2, *input_shape),),
+                buf,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                do_constant_folding=True,
+            )
+    finally:
+        model.to(device).train(was_training)
+    return onnx.load_from_string(buf.getvalue())
+
+
+# -- graph post-processing ------------------------------------------------------------------------
+def postprocess(
+    proto: onnx.ModelProto, *, opset: int, fp16_remainder: bool = False, int4_weights: bool = False
+) -> onnx.ModelProto:
+    """Constants to initializers, weight Q folded into integer initializers, Q/DQ deduplicated, options."""
+    _constants_to_initializers(proto)
+    _remove_identity(proto)
+    _fold_weight_quantize(proto)
+    _dedupe(proto, "QuantizeLinear")
+    _dedupe(proto, "DequantizeLinear")
+    if opset > _opset(proto):
+        _set_opset(proto, opset)
+    if int4_weights:
+        _int4_weights(proto)
+    if fp16_remainder:
+        _to_fp16(proto)
+    _prune(proto)
+    return proto
+
+
+def _remove_identity(proto: onnx.ModelProto) -> None:
+    """Drop Identity nodes (dropout/identity modules) that do not produce a graph output."""
+    g = proto.graph
+    outputs = {o.name for o in g.output}
+    renames = {
+        n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.output[0] not in outputs
+    }
+    keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in renames)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            while name in renames:
+                name = renames[name]
+            node.input[i] = name
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _set_opset(proto: onnx.ModelProto, opset: int) -> None:
+    """Raise the default-domain opset; ops whose signature changed are converted by onnx's converter."""
+    from onnx import version_converter
+
+    converted = version_converter.convert_version(proto, opset)
+    proto.CopyFrom(converted)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _constants_to_initializers(proto: onnx.ModelProto) -> None:
+    g = proto.graph
+    keep = []
+    for node in g.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            t.name = node.output[0]
+            g.initializer.append(t)
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _broadcast(param: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    if param.ndim == 0:
+        return param
+    shape = [1] * ndim
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+def quantize_array(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX QuantizeLinear in numpy: ``saturate(round_half_even(x / scale) + zp)`` in zp's dtype."""
+    axis = axis % max(x.ndim, 1)
+    s = _broadcast(scale.astype(np.float32), x.ndim, axis)
+    z = _broadcast(zp.astype(np.int32), x.ndim, axis)
+    info = np.iinfo(zp.dtype)
+    return np.clip(np.rint(x.astype(np.float32) / s) + z, info.min, info.max).astype(zp.dtype)
+
+
+def _fold_weight_quantize(proto: onnx.ModelProto) -> None:
+    """``Q(float initializer) -> DQ`` becomes ``integer initializer -> DQ``."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    keep = []
+    renames: dict[str, str] = {}
+    for node in g.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in inits and len(node.input) == 3:
+            x = numpy_helper.to_array(inits[node.input[0]])
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            zp = numpy_helper.to_array(inits[node.input[2]])
+            q = quantize_array(x, scale, zp, _attr(node, "axis", 1))
+            name = f"{node.input[0]}_quantized"
+            g.initializer.append(numpy_helper.from_array(q, name))
+            inits[name] = g.initializer[-1]
+            renames[node.output[0]] = name
+        else:
+            keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _param_key(proto: onnx.ModelProto, name: str) -> bytes:
+    from onnx import numpy_helper
+
+    for t in proto.graph.initializer:
+        if t.name == name:
+            arr = numpy_helper.to_array(t)
+            return arr.dtype.str.encode() + arr.tobytes()
+    return name.encode()
+
+
+def _dedupe(proto: onnx.ModelProto, op: str) -> None:
+    """Merge Q (or DQ) nodes reading the same tensor with equal scale, zero-point and axis."""
+    g = proto.graph
+    seen: dict[tuple[Any, ...], str] = {}
+    renames: dict[str, str] = {}
+    keep = []
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        if node.op_type == op:
+            key = (node.input[0], *(_param_key(proto, n) for n in node.input[1:]), _attr(node, "axis", 1))
+            if key in seen:
+                renames[node.output[0]] = seen[key]
+                continue
+            seen[key] = node.output[0]
+        keep.append(node)
+    for out in g.output:
+        if out.name in renames:  # never happens for our graphs (no Q/DQ on the output)
+            raise DfqError("a graph output is produced by a duplicate Q/DQ node")
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _prune(proto: onnx.ModelProto) -> None:
+    """Drop initializers no node reads."""
+    g = proto.graph
+    used = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def _consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _int4_weights(proto: onnx.ModelProto) -> None:
+    """INT8 weight DQ of MatMul/Gemm B inputs -> INT4 blocked DQ (weight-only: activation Q/DQ dropped)."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers = _consumers(proto)
+    converted = 0
+    for node in list(g.node):
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        users = consumers.get(node.output[0], [])
+        if not users or any(
+            u.op_type not in ("MatMul", "Gemm") or u.input[1] != node.output[0] for u in users
+        ):
+            continue
+        codes = numpy_helper.to_array(inits[node.input[0]])
+        scale = numpy_helper.to_array(inits[node.input[1]])
+        if codes.ndim != 2 or codes.min() < -8 or codes.max() > 7:
+            continue
+        k = codes.shape[0]
+        block = next((b for b in (128, 64, 32) if k % b == 0), 0)
+        name = f"{node.input[0]}_int4"
+        g.initializer.append(
+            onnx.helper.make_tensor(name, onnx.TensorProto.INT4, codes.shape, codes.flatten().tolist())
+        )
+        zp_name = f"{name}_zero_point"
+        if block:  # per-channel scale repeated per block: same numbers, TensorRT's blocked INT4 layout
+            s = np.repeat(scale.reshape(1, -1), k // block, axis=0).astype(np.float32)
+            zp_shape: tuple[int, ...] = s.shape
+        else:
+            s, zp_shape = scale.astype(np.float32), scale.shape
+        g.initializer.append(numpy_helper.from_array(s, f"{name}_scale"))
+        g.initializer.append(
+            onnx.helper.make_tensor(zp_name, onnx.TensorProto.INT4, zp_shape, [0] * int(np.prod(zp_shape)))
+        )
+        del node.input[:]
+        node.input.extend([name, f"{name}_scale", zp_name])
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("axis", 0 if block else 1))
+        if block:
+            node.attribute.append(onnx.helper.make_attribute("block_size", block))
+        converted += 1
+        for user in users:  # weight-only: the activation input goes back to float
+            dq = producer.get(user.input[0])
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                q = producer.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    user.input[0] = q.input[0]
+    if not converted:
+        raise DfqError("int4_weights: no MatMul/Gemm weight lies on the 4-bit grid")
+    _remove_dead(proto)
+
+
+def _remove_dead(proto: onnx.ModelProto) -> None:
+    g = proto.graph
+    while True:
+        used = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+        keep = [n for n in g.node if any(o in used for o in n.output)]
+        if len(keep) == len(g.node):
+            return
+        del g.node[:]
+        g.node.extend(keep)
+
+
+def _to_fp16(proto: onnx.ModelProto) -> None:
+    """FP16 remainder (opset >= 19): float initializers, attributes and Casts become FP16; I/O stay FP32."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    g = proto.graph
+    for i, t in enumerate(list(g.initializer)):
+        if t.data_type == TensorProto.FLOAT:
+            arr = numpy_helper.to_array(t).astype(np.float16)
+            g.initializer[i].CopyFrom(numpy_helper.from_array(arr, t.name))
+    for node in g.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
+    inp, out = g.input[0].name, g.output[0].name
+    cast_in = onnx.helper.make_node(
+        "Cast", [inp], [f"{inp}_fp16"], to=TensorProto.FLOAT16, name="input_to_fp16"
+    )
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name == inp:
+                node.input[i] = f"{inp}_fp16"
+        for i, name in enumerate(node.output):
+            if name == out:
+                node.output[i] = f"{out}_fp16"
+    cast_out = onnx.helper.make_node(
+        "Cast", [f"{out}_fp16"], [out], to=TensorProto.FLOAT, name="logits_to_fp32"
+    )
+    nodes = [cast_in, *g.node, cast_out]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+
+
+# -- run directories ------------------------------------------------------------------------------
+def export_run(run_dir: str | Path, fmt: Literal["onnx", "trt"] = "onnx", **opts: Any) -> Path:
+    """Export a run directory's calibrated model: ``RUN/model.qdq.onnx`` (and ``RUN/model.plan`` for trt).
+
+    Args:
+        run_dir: a directory written by ``dfq calibrate``.
+        fmt: ``onnx`` or ``trt`` (ONNX, then a TensorRT engine via :func:`dfq.export.tensorrt.build_engine`).
+        **opts: ``fp16_remainder`` (default True for ``trt``), ``int4_weights``, ``opset`` for the
+            ONNX export; ``workspace_gib``, ``timing_cache``, ``fp16`` for the engine build.
+
+    Returns:
+        The ONNX path for ``onnx``, the plan path for ``trt``.
+
+    Raises:
+        DfqError: ``trt`` requested for numerics TensorRT cannot run, unknown format or options.
+    """
+    from dfq.config import QuantConfig
+    from dfq.models import data_config
+    from dfq.runs import load, read_recipe
+
+    if fmt not in ("onnx", "trt"):
+        raise DfqError(f"unknown export format {fmt!r}; choose onnx or trt")
+    run = Path(run_dir)
+    config = QuantConfig.from_dict(read_recipe(run)["quant"])
+    if fmt == "trt" and not config.trt_compatible:
+        raise DfqError(
+            f"'{config.name or config.numerics}' uses {config.numerics} numerics (asymmetric/UINT8 activations) "
+            "that TensorRT cannot run; export --format onnx for ONNX Runtime, or calibrate with trt numerics"
+        )
+    onnx_keys = {"fp16_remainder", "int4_weights", "opset"}
+    trt_keys = {"workspace_gib", "timing_cache", "fp16"}
+    unknown = set(opts) - onnx_keys - trt_keys
+    if unknown:
+        raise DfqError(f"unknown export option(s) {sorted(unknown)}; valid: {sorted(onnx_keys | trt_keys)}")
+    if fmt == "trt":  # strong typing runs an FP32 remainder in FP32: TensorRT wants it in FP16
+        opts.setdefault("fp16_remainder", True)
+    model = load(run)
+    shape = tuple(data_config(model)["input_size"])
+    onnx_path = export_onnx(
+        model, run / QDQ_ONNX, input_shape=shape, **{k: v for k, v in opts.items() if k in onnx_keys}
+    )
+    if fmt == "onnx":
+        return onnx_path
+    from dfq.export.tensorrt import build_engine
+
+    return build_engine(onnx_path, run / PLAN, **{k: v for k, v in opts.items() if k in trt_keys})

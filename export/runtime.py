@@ -1,0 +1,176 @@
+"""Run exported models as :data:`dfq.evaluation.Predictor` s: an ONNX Runtime session or a TensorRT engine.
+
+This module owns inference on deployment artifacts (spec: DEPLOYMENT.md §c, ORT and TensorRT facts):
+
+* :func:`ort_predictor` -- an ``onnxruntime.InferenceSession`` behind the Predictor interface (CPU
+  images in, CPU float32 logits out). It records the providers the session *actually* uses
+  (``session.get_providers()``) and warns when CUDA was requested but is not active:
+  onnxruntime-gpu silently falls back to the CPU when the CUDA libraries are missing.
+* :class:`TrtPredictor` -- a serialized TensorRT plan run with torch CUDA tensors
+  (``set_tensor_address`` + ``execute_async_v3`` on the current torch stream); tensorrt is
+  imported lazily and its absence is a one-line :class:`dfq.errors.DfqError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dfq.errors import DfqError
+
+__all__ = ["OrtPredictor", "ort_predictor", "TrtPredictor", "import_tensorrt", "TRT_MISSING"]
+
+log = logging.getLogger(__name__)
+
+TRT_MISSING = "TensorRT is not installed: pip install dfq[trt] on a machine with an NVIDIA GPU"
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt`` or a one-line DfqError (only a missing tensorrt module is translated)."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        if e.name != "tensorrt":
+            raise
+        raise DfqError(TRT_MISSING) from None
+    return trt
+
+
+class OrtPredictor:
+    """An ONNX Runtime session as a Predictor.
+
+    Attributes:
+        session: the ``InferenceSession``.
+        providers: providers the session actually runs with (``session.get_providers()``).
+        requested: providers asked for.
+    """
+
+    def __init__(self, session: Any, requested: Sequence[str]) -> None:
+        self.session = session
+        self.requested = list(requested)
+        self.providers: list[str] = list(session.get_providers())
+        inp = session.get_inputs()[0]
+        self.input_name: str = inp.name
+        self.input_dtype = np.float16 if "float16" in inp.type else np.float32
+
+    def __call__(self, images: Tensor) -> Tensor:
+        x = images.detach().cpu().numpy().astype(self.input_dtype, copy=False)
+        (logits,) = self.session.run(None, {self.input_name: x})
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+    def __repr__(self) -> str:
+        return f"OrtPredictor(providers={self.providers})"
+
+
+def ort_predictor(
+    path: str | Path,
+    providers: Sequence[str] | None = None,
+    *,
+    threads: int | None = None,
+    optimized_model_path: str | Path | None = None,
+) -> OrtPredictor:
+    """Build an ONNX Runtime session for ``path``.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: execution providers in priority order (default: CPU only).
+        threads: intra-op threads (default: ONNX Runtime's choice).
+        optimized_model_path: also write the graph after ORT's optimizations (shows what it fused).
+
+    Returns:
+        An :class:`OrtPredictor`; ``.providers`` lists what is really active.
+    """
+    import onnxruntime as ort
+
+    requested = list(providers or ["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    available = ort.get_available_providers()
+    missing = [p for p in requested if p not in available]
+    if missing:
+        warnings.warn(
+            f"ONNX Runtime providers {missing} are not available here (available: {available})", stacklevel=2
+        )
+    session = ort.InferenceSession(
+        str(path), options, providers=[p for p in requested if p in available] or None
+    )
+    pred = OrtPredictor(session, requested)
+    for want in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        if want in requested and want not in pred.providers:
+            warnings.warn(
+                f"{want} was requested but the session runs on {pred.providers} "
+                "(onnxruntime-gpu falls back silently when CUDA/cuDNN libraries are missing)",
+                stacklevel=2,
+            )
+    log.info("ONNX Runtime session on %s", pred.providers)
+    return pred
+
+
+_TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+}
+
+
+class TrtPredictor:
+    """A serialized TensorRT engine as a Predictor (one input, one output; dynamic batch).
+
+    Args:
+        plan_path: the ``.plan`` file written by :func:`dfq.export.tensorrt.build_engine`.
+        device: CUDA device index.
+
+    Raises:
+        DfqError: tensorrt is not installed, CUDA is unavailable or the plan cannot be deserialized.
+    """
+
+    def __init__(self, plan_path: str | Path, device: int = 0) -> None:
+        trt = import_tensorrt()
+        if not torch.cuda.is_available():
+            raise DfqError("TensorRT needs a CUDA GPU, and torch sees none")
+        self.device = torch.device("cuda", device)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        if self.engine is None:
+            raise DfqError(f"cannot deserialize {plan_path}: built by another TensorRT version or GPU?")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise DfqError(
+                f"expected one input and one output, the engine has {self.inputs} / {self.outputs}"
+            )
+
+    def _dtype(self, name: str) -> torch.dtype:
+        return _TORCH_DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1]]
+
+    def run_cuda(self, x: Tensor) -> Tensor:
+        """Run on a CUDA tensor; returns the CUDA output (no host copy)."""
+        inp, out = self.inputs[0], self.outputs[0]
+        x = x.to(self.device, self._dtype(inp)).contiguous()
+        self.context.set_input_shape(inp, tuple(x.shape))
+        y = torch.empty(tuple(self.context.get_tensor_shape(out)), dtype=self._dtype(out), device=self.device)
+        self.context.set_tensor_address(inp, x.data_ptr())
+        self.context.set_tensor_address(out, y.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        return y
+
+    def __call__(self, images: Tensor) -> Tensor:
+        y = self.run_cuda(images)
+        return y.float().cpu()  # .cpu() synchronizes the stream

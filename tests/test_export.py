@@ -1,0 +1,420 @@
+"""Q/DQ ONNX export: placement, numerics, checker, ORT parity, options, run directories, TensorRT (skipped without it).
+
+References are independent of the exporter: scales are recomputed from the quantizers' ``lo``/``hi``
+buffers, weight codes are compared with the torch fake-quantized weights, and graph rules are read
+directly off the ONNX nodes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import timm
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from dfq.config import QuantConfig, preset
+from dfq.errors import DfqError
+from dfq.export.checker import Finding, check_model, check_onnx
+from dfq.export.latency import latency_ratio
+from dfq.export.onnx import QDQ_ONNX, export_mode, export_onnx, export_run
+from dfq.export.parity import parity
+from dfq.export.runtime import ort_predictor
+from dfq.quant.calibrate import calibrate, quantizers_off
+from dfq.quant.modules import QuantLayer, quantizers
+from dfq.quant.transform import quantize_
+from dfq.runs import RECIPE, save_quant_state, write_json
+
+SHAPE = (3, 160, 160)
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _config(scheme: str) -> QuantConfig:
+    cfg = preset(*scheme.split("-")) if "-" in scheme else preset(scheme)
+    if scheme == "w4a8":  # the preset's per-channel MSE search costs ~30 s here; the 4-bit grid is the same
+        cfg = dataclasses.replace(cfg, weight=dataclasses.replace(cfg.weight, calibrator="minmax"))
+    return cfg
+
+
+def _calibrated(name: str, scheme: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    x = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(1))
+    return calibrate(quantize_(model, _config(scheme)), lambda m: m(x))
+
+
+@pytest.fixture(scope="module")
+def w4(out: Path) -> tuple[nn.Module, Path]:
+    model = _calibrated("test_vit", "w4a8")
+    return model, export_onnx(model, out / "w4.onnx", input_shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def vit(out: Path) -> tuple[nn.Module, Path]:
+    model = _calibrated("test_vit", "w8a8")
+    return model, export_onnx(model, out / "vit.onnx", input_shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def cnn(out: Path) -> tuple[nn.Module, Path]:
+    model = _calibrated("test_resnet", "w8a8")
+    return model, export_onnx(model, out / "cnn.onnx", input_shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(2))
+
+
+class Graph:
+    """Read-only view of an ONNX graph: producers, consumers, constants."""
+
+    def __init__(self, path: Path | onnx.ModelProto) -> None:
+        self.model = onnx.load(str(path)) if isinstance(path, Path) else path
+        g = self.model.graph
+        self.nodes = list(g.node)
+        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def op(self, op_type: str) -> list[onnx.NodeProto]:
+        return [n for n in self.nodes if n.op_type == op_type]
+
+    def src(self, name: str) -> str:
+        n = self.producer.get(name)
+        return n.op_type if n is not None else ("initializer" if name in self.consts else "input")
+
+    def axis(self, node: onnx.NodeProto) -> int:
+        return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+
+def _is_activation_dq(g: Graph, name: str) -> bool:
+    dq = g.producer.get(name)
+    return dq is not None and dq.op_type == "DequantizeLinear" and g.src(dq.input[0]) == "QuantizeLinear"
+
+
+# -- graph rules ----------------------------------------------------------------------------------
+def test_checker_is_clean_on_vit_and_cnn(vit, cnn):
+    for _, path in (vit, cnn):
+        assert [f for f in check_onnx(path) if f.severity == "error"] == []
+
+
+def test_every_matmul_input_is_dequantized_including_attention(vit):
+    model, path = vit
+    g = Graph(path)
+    blocks = len(model.blocks)
+    matmuls = g.op("MatMul")
+    assert len(matmuls) == 6 * blocks + 1  # qkv, q@kT, attn@v, proj, fc1, fc2 per block + head
+    for mm in matmuls:
+        assert g.src(mm.input[0]) == "DequantizeLinear" and g.src(mm.input[1]) == "DequantizeLinear", mm.name
+    attention = [mm for mm in matmuls if all(_is_activation_dq(g, i) for i in mm.input)]
+    assert len(attention) == 2 * blocks
+    assert len(g.op("Conv")) == 1 and g.src(g.op("Conv")[0].input[0]) == "DequantizeLinear"
+
+
+def test_no_qdq_on_outputs_and_float_ops_stay_float(vit, cnn):
+    for _, path in (vit, cnn):
+        g = Graph(path)
+        for n in g.nodes:
+            if n.op_type in ("Conv", "MatMul", "Gemm"):
+                assert all(c.op_type != "QuantizeLinear" for c in g.consumers.get(n.output[0], [])), n.name
+            if n.op_type in ("LayerNormalization", "Softmax", "Erf"):
+                assert g.src(n.input[0]) != "DequantizeLinear", n.name
+    g = Graph(vit[1])
+    for sm in g.op("Softmax"):  # the only consumer is the attn@v input quantizer
+        (q,) = g.consumers[sm.output[0]]
+        assert q.op_type == "QuantizeLinear"
+        (dq,) = g.consumers[q.output[0]]
+        assert [c.op_type for c in g.consumers[dq.output[0]]] == ["MatMul"]
+
+
+def test_qdq_numerics_int8_zero_points_and_scales(vit):
+    model, path = vit
+    g = Graph(path)
+    for n in g.op("QuantizeLinear") + g.op("DequantizeLinear"):
+        zp, scale = g.consts[n.input[2]], g.consts[n.input[1]]
+        assert zp.dtype == np.int8 and not zp.any()
+        assert np.all(np.isfinite(scale)) and np.all(scale > 0)
+    # one Q per tensor, per-tensor activation scales
+    assert len({q.input[0] for q in g.op("QuantizeLinear")}) == len(g.op("QuantizeLinear"))
+    assert all(g.consts[q.input[1]].size == 1 for q in g.op("QuantizeLinear"))
+    # the image quantizer's scale is amax/127 of its calibrated range
+    fq = model.patch_embed.proj.input_quantizer
+    amax = max(abs(float(fq.lo)), abs(float(fq.hi)))
+    (q,) = g.consumers["input"]
+    assert g.consts[q.input[1]].item() == pytest.approx(amax / 127, rel=1e-6)
+
+
+def test_weight_dq_axis_and_codes_match_torch(vit, cnn):
+    for model, path in (vit, cnn):
+        g = Graph(path)
+        dequantized = []
+        for dq in g.op("DequantizeLinear"):
+            if dq.input[0] not in g.consts:
+                continue
+            codes, scale = g.consts[dq.input[0]], g.consts[dq.input[1]]
+            users = g.consumers[dq.output[0]]
+            assert codes.dtype == np.int8
+            for user in users:
+                if user.op_type == "Conv":
+                    assert g.axis(dq) == 0 and scale.size == codes.shape[0]
+                else:
+                    assert user.op_type == "MatMul" and g.axis(dq) == 1 and scale.size == codes.shape[1]
+            shape = [1] * codes.ndim
+            shape[g.axis(dq)] = -1
+            dequantized.append(codes.astype(np.float32) * scale.reshape(shape))
+        layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+        assert len(dequantized) == len(layers)
+        for layer in layers:  # the exported weight is the fake-quant weight (Linear transposed to (in, out))
+            w = layer.quantized_weight().detach().numpy()
+            w = w.T if w.ndim == 2 else w
+            assert any(d.shape == w.shape and np.allclose(d, w, rtol=0, atol=1e-6) for d in dequantized)
+
+
+# -- ORT parity and dynamic batch --------------------------------------------------------------
+@pytest.mark.parametrize("which", ["vit", "cnn"])
+def test_ort_matches_torch_fake_quant(which, vit, cnn, images):
+    model, path = vit if which == "vit" else cnn
+    r = parity(model, path, images)
+    assert r["providers"] == ["CPUExecutionProvider"]
+    # ORT's integer kernels round differently from torch by an ulp; an activation within an ulp of
+    # a rounding tie then lands one quantization step away (~6 of 10^7 activations here) and later
+    # quantizers amplify the perturbation. Two bit-different runs of one fake-quant graph therefore
+    # differ by up to the quantization noise (two independent noise draws: ~sqrt(2) x); a real
+    # export bug (wrong scale, axis or placement) gives gaps far above it. Yardstick: the
+    # quantization error |fake-quant - float| the user already accepted.
+    assert r["mean_abs_diff"] <= r["quant_error_mean"]
+    assert r["max_abs_diff"] <= 2 * r["quant_error_max"]
+    # argmax can only change where the top-2 margin is within 2 * max|dlogit|
+    assert r["agreement"] == 1 or r["min_top2_margin"] <= 2 * r["max_abs_diff"]
+    if which == "cnn":  # no attention, few chained quantizers: flip-free images match to float precision
+        assert r["float_exact_fraction"] >= 0.5 and r["agreement"] >= 0.99
+
+
+def test_dynamic_batch(vit, images):
+    model, path = vit
+    g = Graph(path)
+    assert g.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert g.model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    pred = ort_predictor(path)
+    for n in (1, 3):
+        y = pred(images[:n])
+        assert y.shape == (n, 1000) and y.dtype == torch.float32 and torch.isfinite(y).all()
+        with torch.no_grad():
+            ref = model(images[:n])
+            with quantizers_off(model):
+                flt = model(images[:n])
+        # another batch size means other kernels, hence other rounding-tie flips: same yardstick as parity
+        assert (y - ref).abs().mean() <= (ref - flt).abs().mean()
+
+
+def test_export_mode_restores_modules(vit):
+    model, _ = vit
+    before = [type(m) for m in model.modules()]
+    with pytest.raises(RuntimeError), export_mode(model):
+        raise RuntimeError("boom")
+    assert [type(m) for m in model.modules()] == before
+    assert all(q.mode == "quantize" for q in quantizers(model))
+
+
+# -- numerics variants --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def paper(out: Path) -> tuple[nn.Module, Path]:
+    model = _calibrated("test_vit", "w8a8-paper")
+    return model, export_onnx(model, out / "paper.onnx", input_shape=SHAPE)
+
+
+def test_paper_numerics_export_uint8_for_ort(paper, images):
+    model, path = paper
+    g = Graph(path)
+    act = [q for q in g.op("QuantizeLinear") if q.input[0] not in g.consts]
+    assert act and all(g.consts[q.input[2]].dtype == np.uint8 for q in act)
+    assert any(f.severity == "error" for f in check_onnx(path, target="trt"))
+    assert not any(f.severity == "error" for f in check_onnx(path, target="ort"))
+    r = parity(model, path, images[:4])
+    assert r["mean_abs_diff"] <= r["quant_error_mean"]
+
+
+def test_w4a8_weights_on_the_4bit_grid(w4):
+    model, path = w4
+    g = Graph(path)
+    weights = [dq for dq in g.op("DequantizeLinear") if dq.input[0] in g.consts]
+    assert weights and all(g.consts[dq.input[0]].dtype == np.int8 for dq in weights)
+    assert all(np.abs(g.consts[dq.input[0]]).max() <= 8 for dq in weights)
+    # minmax ranges: every output channel reaches code +-7 and its scale is amax/7
+    conv = next(dq for dq in weights if g.consts[dq.input[0]].ndim == 4)
+    w = model.patch_embed.proj.layer.weight.detach().numpy()
+    amax = np.abs(w).reshape(w.shape[0], -1).max(1)
+    assert np.allclose(g.consts[conv.input[1]], amax / 7, rtol=1e-6)
+    assert (np.abs(g.consts[conv.input[0]]).reshape(w.shape[0], -1).max(1) == 7).all()
+
+
+def test_int4_weight_only_export(out, w4, images):
+    model, w4_path = w4
+    int8 = Graph(w4_path)
+    path = export_onnx(model, out / "w4_int4.onnx", input_shape=SHAPE, int4_weights=True)
+    g = Graph(path)
+    assert next(o.version for o in g.model.opset_import if o.domain == "") == 21
+    int4 = [
+        dq
+        for dq in g.op("DequantizeLinear")
+        if dq.input[0] in g.consts and g.consts[dq.input[0]].dtype != np.int8
+    ]
+    assert len(int4) == 4 * len(model.blocks) + 1  # qkv, proj, fc1, fc2 per block + head; the conv stays INT8
+    codes4 = sorted(g.consts[dq.input[0]].astype(np.int8).tobytes() for dq in int4)
+    codes8 = sorted(
+        int8.consts[dq.input[0]].tobytes()
+        for dq in int8.op("DequantizeLinear")
+        if dq.input[0] in int8.consts and int8.consts[dq.input[0]].ndim == 2
+    )
+    assert codes4 == codes8
+    for mm in g.op("MatMul"):  # weight-only: weighted MatMuls take float activations
+        if mm.input[1] in {dq.output[0] for dq in int4}:
+            assert not _is_activation_dq(g, mm.input[0])
+    y = ort_predictor(path)(images[:2])
+    assert torch.isfinite(y).all()
+
+
+def test_fp16_remainder(out, vit, images):
+    model, _ = vit
+    path = export_onnx(model, out / "fp16.onnx", input_shape=SHAPE, fp16_remainder=True)
+    g = Graph(path)
+    assert not [f for f in check_onnx(path) if f.severity == "error"]
+    assert not any(a.dtype == np.float32 for a in g.consts.values())
+    r = parity(model, path, images[:4])
+    # FP16 activations and scales add their own rounding (about 2^-11 relative per op) on top of the
+    # INT8 grid: the gap stays of the order of the quantization error, not above twice it
+    assert r["mean_abs_diff"] <= 2 * r["quant_error_mean"]
+
+
+def test_int4_refused_for_8bit_weights(out, vit):
+    with pytest.raises(DfqError, match="4-bit"):
+        export_onnx(vit[0], out / "x.onnx", input_shape=SHAPE, int4_weights=True)
+
+
+# -- checker on broken graphs ---------------------------------------------------------------------
+def test_checker_catches_broken_graphs(vit):
+    proto = onnx.load(str(vit[1]))
+    g = Graph(proto)
+    q0, q1 = g.op("QuantizeLinear")[:2]
+    for t in proto.graph.initializer:
+        if t.name == q0.input[2]:
+            t.CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8), t.name))
+        if t.name == q1.input[1]:
+            t.CopyFrom(numpy_helper.from_array(np.array(-0.5, dtype=np.float32), t.name))
+    proto.graph.node.append(
+        onnx.helper.make_node(
+            "QLinearConv", ["a", "b", "c", "d", "e", "f", "g", "h"], ["y"], name="bad_qconv"
+        )
+    )
+    mm = next(n for n in g.op("MatMul") if n.input[1] in {d.output[0] for d in g.op("DequantizeLinear")})
+    proto.graph.node.append(
+        onnx.helper.make_node(
+            "QuantizeLinear", [mm.output[0], q0.input[1], q0.input[2]], ["oq"], name="out_q"
+        )
+    )
+    findings = check_model(proto)
+    errors = [f for f in findings if f.severity == "error"]
+    text = "\n".join(str(f) for f in errors)
+    assert "zero-point must be 0" in text
+    assert "positive and finite" in text
+    assert "QOperator op QLinearConv" in text and any(f.node == "bad_qconv" for f in errors)
+    assert any(f.node == "out_q" and "output of MatMul" in f.message for f in errors)
+    assert all(isinstance(f, Finding) for f in findings)
+
+
+def test_checker_catches_wrong_weight_axis(vit):
+    proto = onnx.load(str(vit[1]))
+    g = Graph(proto)
+    dq = next(
+        d for d in g.op("DequantizeLinear") if d.input[0] in g.consts and g.consts[d.input[0]].ndim == 2
+    )
+    codes = g.consts[dq.input[0]]
+    for t in proto.graph.initializer:  # a square weight with the axis flipped keeps shapes valid
+        if t.name == dq.input[1]:
+            t.CopyFrom(numpy_helper.from_array(np.ones(codes.shape[0], np.float32), t.name))
+    for a in dq.attribute:
+        if a.name == "axis":
+            a.i = 0
+    assert any("output-channel axis" in f.message for f in check_model(proto))
+
+
+# -- run directories -----------------------------------------------------------------------------
+def _run_dir(root: Path, model: nn.Module, scheme: str) -> Path:
+    run = root / f"run-{scheme}"
+    run.mkdir()
+    cfg = preset(*scheme.split("-")) if "-" in scheme else preset(scheme)
+    recipe = {"model": {"source": "timm", "name": "test_vit"}, "quant": cfg.to_dict()}
+    write_json(run / RECIPE, recipe)
+    save_quant_state(run, recipe, model)
+    return run
+
+
+def test_export_run_onnx_and_trt_refused_for_paper(out, vit, paper):
+    run = _run_dir(out, vit[0], "w8a8")
+    path = export_run(run, "onnx")
+    assert path == run / QDQ_ONNX and path.is_file()
+    paper_run = _run_dir(out, paper[0], "w8a8-paper")
+    with pytest.raises(DfqError, match="TensorRT cannot run") as e:
+        export_run(paper_run, "trt")
+    assert "\n" not in str(e.value)
+    with pytest.raises(DfqError, match="unknown export format"):
+        export_run(run, "tflite")  # type: ignore[arg-type]
+
+
+# -- latency, imports, TensorRT -----------------------------------------------------------------
+def test_latency_ratio_is_a_ratio():
+    x = torch.zeros(1)
+    r = latency_ratio(lambda _: sum(range(2000)), lambda _: sum(range(200)), x, rounds=3, iters=3, warmup=1)
+    assert r["ratio"] > 1 and r["a_ms"] > 0 and r["b_ms"] > 0
+
+
+def test_import_dfq_export_does_not_import_heavy_modules():
+    code = (
+        "import sys, dfq, dfq.export, dfq.export.onnx, dfq.export.checker, dfq.export.runtime, "
+        "dfq.export.tensorrt, dfq.export.trt_calibrator, dfq.export.parity, dfq.export.latency; "
+        "bad = [m for m in ('onnx', 'onnxruntime', 'tensorrt', 'pycuda') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
+def test_tensorrt_missing_is_one_line_error(vit, out):
+    from dfq.export.tensorrt import build_engine
+
+    with pytest.raises(DfqError, match=r"^TensorRT is not installed: pip install dfq\[trt\]"):
+        build_engine(vit[1], out / "m.plan")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TRT or not torch.cuda.is_available(), reason="needs tensorrt and CUDA")
+def test_tensorrt_engine_matches_ort(vit, out, images):
+    from dfq.export.runtime import TrtPredictor
+    from dfq.export.tensorrt import build_engine
+
+    model, _ = vit
+    path = export_onnx(copy.deepcopy(model), out / "trt.onnx", input_shape=SHAPE, fp16_remainder=True)
+    plan = build_engine(path, out / "trt.plan", timing_cache=out / "timing.cache")
+    assert (out / "timing.cache").is_file()
+    y = TrtPredictor(plan)(images[:4])
+    ref = ort_predictor(path)(images[:4])
+    assert (y.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
