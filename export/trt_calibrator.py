@@ -115,7 +115,7 @@ def strip_qdq(onnx_path: str | Path, out_path: str | Path) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    from dfq.export.onnx import _remove_dead
+    from dfq.export.onnx_passes import _remove_dead
 
     proto = onnx.load(str(onnx_path))
     g = proto.graph
