@@ -2,7 +2,7 @@
 
 Public API (everything else is an implementation detail)::
 
-    load_model, invert, quantize_, calibrate, calibration_mode, evaluate, distill, load, presets
+    load_model, invert, quantize_, calibrate, calibration_mode, evaluate, load, presets
 
 ``import dfq`` stays lean: it never imports onnx, onnxruntime, tensorrt or pycuda and never
 initializes CUDA. The heavy pieces are imported on first attribute access.
@@ -35,7 +35,6 @@ _LAZY = {
     "QuantSpec": "dfq.config",
     "CalibrationSet": "dfq.data",
     "invert": "dfq.inversion",
-    "distill": "dfq.distill",
     "DfqError": "dfq.errors",
 }
 

@@ -65,3 +65,11 @@ DOCTESTED = ["dfq.numerics", "dfq.config", "dfq.inversion.priors", "dfq.quant.bi
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_every_public_name_resolves() -> None:
+    import dfq
+
+    for name in dfq.__all__:
+        assert getattr(dfq, name) is not None, name
+    assert callable(dfq.evaluate) and callable(dfq.calibrate)  # functions, not same-named modules
