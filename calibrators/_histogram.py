@@ -165,3 +165,38 @@ class GrowingHistogram:
         points = (self.edges()[:-1, None] + offsets).flatten()
         weights = (self.counts[:, None] / per_bin).expand(-1, per_bin).flatten()
         return points, weights
+
+
+class HistogramOrRows:
+    """Shared state of calibrators that keep a histogram per tensor, or the raw rows per channel.
+
+    Per-tensor statistics (``axis=None``, activations) go into a :class:`GrowingHistogram`;
+    per-channel statistics (weights, collected once and small) keep the channel rows as given.
+    """
+
+    def __init__(self, axis: int | None, num_bins: int, absolute: bool) -> None:
+        self.axis = axis
+        self._hist = GrowingHistogram(num_bins, absolute=absolute)
+        self._rows: list[Tensor] = []
+
+    def reset(self) -> None:
+        """Forget the histogram and the kept per-channel tensors."""
+        self._hist.reset()
+        self._rows = []
+
+    def collect(self, x: Tensor) -> None:
+        """Add ``x`` to the histogram (per-tensor) or keep its channel rows (per-channel).
+
+        Raises:
+            ValueError: inf/NaN values, or a channel count that differs from earlier tensors'.
+        """
+        if self.axis is None:
+            self._hist.add(x)
+            return
+        rows = channel_rows(x, self.axis)
+        if self._rows and rows.shape[0] != self._rows[0].shape[0]:
+            raise ValueError(
+                f"axis {self.axis} has {rows.shape[0]} channels here, {self._rows[0].shape[0]} before"
+            )
+        if rows.numel():
+            self._rows.append(rows.clone())

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from dfq.numerics import int_range, qparams_from_range, quantize_to_int
 
-from ._histogram import GrowingHistogram, channel_rows, finish_range, not_collected
+from ._histogram import HistogramOrRows, finish_range, not_collected
 from .base import register_calibrator
 
 __all__ = ["MseCalibrator"]
@@ -36,7 +36,7 @@ def _last_argmin(err: Tensor) -> Tensor:
 
 
 @register_calibrator("mse")
-class MseCalibrator:
+class MseCalibrator(HistogramOrRows):
     """Least-MSE clipping range, per tensor (histogram) or per index of ``axis`` (exact).
 
     Args:
@@ -67,30 +67,7 @@ class MseCalibrator:
             raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
         self.num_bits, self.symmetric, self.paper, self.axis = num_bits, symmetric, paper, axis
         self.num_candidates, self.min_ratio = num_candidates, float(min_ratio)
-        self._hist = GrowingHistogram(num_bins, absolute=False)
-        self._rows: list[Tensor] = []
-
-    def reset(self) -> None:
-        """Forget the histogram and the kept per-channel tensors."""
-        self._hist.reset()
-        self._rows = []
-
-    def collect(self, x: Tensor) -> None:
-        """Add ``x`` to the histogram (per-tensor) or keep its channel rows (per-channel).
-
-        Raises:
-            ValueError: inf/NaN values, or a channel count that differs from earlier tensors'.
-        """
-        if self.axis is None:
-            self._hist.add(x)
-            return
-        rows = channel_rows(x, self.axis)
-        if self._rows and rows.shape[0] != self._rows[0].shape[0]:
-            raise ValueError(
-                f"axis {self.axis} has {rows.shape[0]} channels here, {self._rows[0].shape[0]} before"
-            )
-        if rows.numel():
-            self._rows.append(rows.clone())
+        super().__init__(axis, num_bins, absolute=False)
 
     def ratios(self) -> Tensor:
         """The searched clipping ratios, float32, ascending."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from dfq.numerics import int_range
 
-from ._histogram import GrowingHistogram, channel_rows, finish_range, not_collected
+from ._histogram import HistogramOrRows, finish_range, not_collected
 from .base import register_calibrator
 
 __all__ = ["PercentileCalibrator", "row_quantile"]
@@ -38,7 +38,7 @@ def row_quantile(rows: Tensor, q: float) -> Tensor:
 
 
 @register_calibrator("percentile")
-class PercentileCalibrator:
+class PercentileCalibrator(HistogramOrRows):
     """Percentile range, per tensor (histogram) or per index of ``axis`` (exact).
 
     Args:
@@ -65,30 +65,7 @@ class PercentileCalibrator:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
         self.num_bits, self.symmetric, self.paper, self.axis = num_bits, symmetric, paper, axis
         self.percentile = float(percentile)
-        self._hist = GrowingHistogram(num_bins, absolute=symmetric)
-        self._rows: list[Tensor] = []
-
-    def reset(self) -> None:
-        """Forget the histogram and the kept per-channel tensors."""
-        self._hist.reset()
-        self._rows = []
-
-    def collect(self, x: Tensor) -> None:
-        """Add ``x`` to the histogram (per-tensor) or keep its channel rows (per-channel).
-
-        Raises:
-            ValueError: inf/NaN values, or a channel count that differs from earlier tensors'.
-        """
-        if self.axis is None:
-            self._hist.add(x)
-            return
-        rows = channel_rows(x, self.axis)
-        if self._rows and rows.shape[0] != self._rows[0].shape[0]:
-            raise ValueError(
-                f"axis {self.axis} has {rows.shape[0]} channels here, {self._rows[0].shape[0]} before"
-            )
-        if rows.numel():
-            self._rows.append(rows.clone())
+        super().__init__(axis, num_bins, absolute=symmetric)
 
     def compute_range(self) -> tuple[Tensor, Tensor]:
         """The percentile range (float32, CPU; 0-dim per-tensor, ``(C,)`` per-channel).
