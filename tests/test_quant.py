@@ -245,3 +245,16 @@ def test_bias_correction_removes_the_expected_output_shift():
     torch.testing.assert_close(corrected.bias_correction.double(), dw * x.double().mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
     assert shift_corr.abs().max() < 0.05 * shift_plain.abs().max()
     assert (corrected.bias_correction != 0).all()
+
+
+def test_site_calibrator_overrides_reach_the_quantizers(vit):
+    q = quantize_(copy.deepcopy(vit), preset("w8a8"))
+    softmax = q.blocks[0].attn.matmul_av.a_quantizer
+    assert softmax.site == "softmax" and softmax.spec.calibrator == "mse"
+    assert q.blocks[0].attn.matmul_av.b_quantizer.spec.calibrator == "minmax"
+    cfg = dataclasses.replace(preset("w8a8"), site_calibrators=(("softmax", "minmax"), ("fc2_in", "percentile")))
+    q = quantize_(copy.deepcopy(vit), cfg)
+    assert q.blocks[0].attn.matmul_av.a_quantizer.spec.calibrator == "minmax"
+    assert q.blocks[0].mlp.fc2.input_quantizer.spec.calibrator == "percentile"
+    with pytest.raises(ValueError, match="unknown site"):
+        QuantConfig(site_calibrators=(("nope", "mse"),))
