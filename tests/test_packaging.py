@@ -58,7 +58,14 @@ def test_console_script_is_declared() -> None:
     assert project["scripts"]["dfq"] == "dfq.cli:main"
 
 
-DOCTESTED = ["dfq.numerics", "dfq.config", "dfq.inversion.priors", "dfq.quant.bias_correction"]
+DOCTESTED = [
+    "dfq.numerics",
+    "dfq.config",
+    "dfq.inversion.priors",
+    "dfq.inversion.overrides",
+    "dfq.quant.bias_correction",
+    "dfq.preview",
+]
 
 
 @pytest.mark.parametrize("module", DOCTESTED)

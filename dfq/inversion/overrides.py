@@ -7,6 +7,7 @@ them all generically (``--set lr=0.2 --set schedule=50:0.3,100:0.3``) without a 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -18,7 +19,7 @@ __all__ = ["parse_overrides"]
 def _convert(text: str, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         if text.lower() in ("none", "null") and type(None) in args:
             return None
         for arg in args:
@@ -62,8 +63,11 @@ def parse_overrides(config_cls: type, items: typing.Iterable[str]) -> dict[str, 
     ...     lr: float = 0.1
     ...     schedule: tuple[tuple[int, float], ...] = ()
     ...     betas: tuple[float, float] = (0.5, 0.99)
-    >>> parse_overrides(C, ["lr=0.25", "schedule=50:0.3,100:0.3", "betas=0.9,0.999"])
-    {'lr': 0.25, 'schedule': ((50, 0.3), (100, 0.3)), 'betas': (0.9, 0.999)}
+    ...     iterations: int | None = None
+    >>> parse_overrides(C, ["lr=0.25", "schedule=50:0.3,100:0.3", "betas=0.9,0.999", "iterations=2000"])
+    {'lr': 0.25, 'schedule': ((50, 0.3), (100, 0.3)), 'betas': (0.9, 0.999), 'iterations': 2000}
+    >>> parse_overrides(C, ["iterations=none"])
+    {'iterations': None}
     """
     hints = typing.get_type_hints(config_cls)
     fields = {f.name for f in dataclasses.fields(config_cls)}
