@@ -164,6 +164,11 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def _overrides(quant: Mapping[str, Any]) -> str:
+    sites = quant.get("site_calibrators") or {}
+    return f" ({', '.join(f'{k}: {v}' for k, v in sites.items())})" if sites else ""
+
+
 def write_report(run: Path, report: Mapping[str, Any]) -> None:
     """Write ``report.json`` and a human-readable ``report.md``."""
     write_json(run / REPORT_JSON, report)
@@ -184,7 +189,8 @@ def write_report(run: Path, report: Mapping[str, Any]) -> None:
     lines += [
         "",
         f"- scheme: {q.get('name')} ({q.get('numerics')} numerics); activation calibrator "
-        f"{q.get('act', {}).get('calibrator')}, weight calibrator {q.get('weight', {}).get('calibrator')}",
+        f"{q.get('act', {}).get('calibrator')}{_overrides(q)}, weight calibrator "
+        f"{q.get('weight', {}).get('calibrator')}",
         f"- calibration data: {cal.get('source')} ({cal.get('num_images')} images)",
     ]
     if report.get("timings"):
