@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an offline hub lookup otherwise retries for ~45 s
@@ -25,6 +26,16 @@ def assets() -> Path:
     if not (root / "weights").is_dir():
         pytest.skip(f"real assets not found at {root} (set DFQ_ASSETS)")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-model tests: on a shared 2-core box OpenMP threads only
+    contend (measured ~7-16x slower with two); the previous count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

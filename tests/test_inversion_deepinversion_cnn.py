@@ -7,7 +7,6 @@ The loss is compared with an independent computation of NVlabs' BN-statistics te
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import timm
@@ -25,13 +24,7 @@ from dfq.models import data_config
 SMALL = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (no OpenMP contention on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _resnet() -> nn.Module:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import pytest
 import timm
@@ -28,13 +27,7 @@ SIDE = 160  # test_vit's native size (what invert() uses): 10 x 10 patches of 16
 SMALL = 64  # direct calls: 4 x 4 patches, fast
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (no OpenMP contention on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _test_vit(img_size: int = SIDE) -> nn.Module:

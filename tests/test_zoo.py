@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,7 @@ RESNET20 = "weights/cifar10_resnet20-12fca82f.th"
 RESNET56 = "weights/cifar10_resnet56-4bfd9763.th"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _expected_params(depth: int, num_classes: int = 10) -> int:

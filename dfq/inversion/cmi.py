@@ -28,7 +28,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
+from dfq.inversion._loop import frozen_eval
 from dfq.inversion.contrastive import (
     MemoryBank,
     MLPHead,
@@ -143,19 +144,12 @@ class CMIConfig:
 # --------------------------------------------------------------------------------------------- views
 @contextmanager
 def _frozen_eval(*modules: nn.Module | None) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` for every parameter; both restored on exit."""
-    present = [m for m in modules if m is not None]
-    modes = [m.training for m in present]
-    flags = [[p.requires_grad for p in m.parameters()] for m in present]
-    try:
-        for m in present:
-            m.eval().requires_grad_(False)
+    """:func:`dfq.inversion._loop.frozen_eval` for each module given (None entries skipped)."""
+    with ExitStack() as stack:
+        for m in modules:
+            if m is not None:
+                stack.enter_context(frozen_eval(m))
         yield
-    finally:
-        for m, mode, grads in zip(present, modes, flags, strict=True):
-            m.train(mode)
-            for p, g in zip(m.parameters(), grads, strict=True):
-                p.requires_grad_(g)
 
 
 class CMISynthesizer:
