@@ -288,12 +288,16 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> onnx.M
 
 
 # -- graph post-processing ------------------------------------------------------------------------
-def export_run(run_dir: str | Path, fmt: Literal["onnx", "trt"] = "onnx", **opts: Any) -> Path:
+def export_run(
+    run_dir: str | Path, fmt: Literal["onnx", "trt"] = "onnx", model: nn.Module | None = None, **opts: Any
+) -> Path:
     """Export a run directory's calibrated model: ``RUN/model.qdq.onnx`` (and ``RUN/model.plan`` for trt).
 
     Args:
-        run_dir: a directory written by ``dfq calibrate``.
+        run_dir: a directory written by ``dfq calibrate`` or :func:`dfq.pipeline.run_calibration`.
         fmt: ``onnx`` or ``trt`` (ONNX, then a TensorRT engine via :func:`dfq.export.tensorrt.build_engine`).
+        model: the float architecture, for runs of models built in Python (see :func:`dfq.load`);
+            None rebuilds the timm model named in the recipe.
         **opts: ``fp16_remainder`` (default True for ``trt``), ``int4_weights``, ``opset`` for the
             ONNX export; ``workspace_gib``, ``timing_cache``, ``fp16`` for the engine build.
 
@@ -310,7 +314,8 @@ def export_run(run_dir: str | Path, fmt: Literal["onnx", "trt"] = "onnx", **opts
     if fmt not in ("onnx", "trt"):
         raise DfqError(f"unknown export format {fmt!r}; choose onnx or trt")
     run = Path(run_dir)
-    config = QuantConfig.from_dict(read_recipe(run)["quant"])
+    recipe = read_recipe(run)
+    config = QuantConfig.from_dict(recipe["quant"])
     if fmt == "trt" and not config.trt_compatible:
         raise DfqError(
             f"'{config.name or config.numerics}' uses {config.numerics} numerics (asymmetric/UINT8 activations) "
@@ -323,10 +328,11 @@ def export_run(run_dir: str | Path, fmt: Literal["onnx", "trt"] = "onnx", **opts
         raise DfqError(f"unknown export option(s) {sorted(unknown)}; valid: {sorted(onnx_keys | trt_keys)}")
     if fmt == "trt":  # strong typing runs an FP32 remainder in FP32: TensorRT wants it in FP16
         opts.setdefault("fp16_remainder", True)
-    model = load(run)
-    shape = tuple(data_config(model)["input_size"])
+    qmodel = load(run, model=model)
+    size = recipe.get("data_config", {}).get("input_size") or data_config(qmodel)["input_size"]
+    shape = tuple(int(s) for s in size)
     onnx_path = export_onnx(
-        model, run / QDQ_ONNX, input_shape=shape, **{k: v for k, v in opts.items() if k in onnx_keys}
+        qmodel, run / QDQ_ONNX, input_shape=shape, **{k: v for k, v in opts.items() if k in onnx_keys}
     )
     if fmt == "onnx":
         return onnx_path

@@ -7,11 +7,8 @@ directly off the ONNX nodes.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +22,12 @@ from torch import nn
 from dfq.config import QuantConfig, preset
 from dfq.errors import DfqError
 from dfq.export.checker import Finding, check_model, check_onnx
-from dfq.export.latency import latency_ratio
-from dfq.export.onnx import QDQ_ONNX, export_mode, export_onnx, export_run
+from dfq.export.onnx import export_mode, export_onnx
 from dfq.export.parity import parity
 from dfq.export.runtime import ort_predictor
 from dfq.quant.calibrate import calibrate, quantizers_off
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.transform import quantize_
-from dfq.runs import RECIPE, save_quant_state, write_json
 
 SHAPE = (3, 160, 160)
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -354,67 +349,3 @@ def test_checker_catches_wrong_weight_axis(vit):
         if a.name == "axis":
             a.i = 0
     assert any("output-channel axis" in f.message for f in check_model(proto))
-
-
-# -- run directories -----------------------------------------------------------------------------
-def _run_dir(root: Path, model: nn.Module, scheme: str) -> Path:
-    run = root / f"run-{scheme}"
-    run.mkdir()
-    cfg = preset(*scheme.split("-")) if "-" in scheme else preset(scheme)
-    recipe = {"model": {"source": "timm", "name": "test_vit"}, "quant": cfg.to_dict()}
-    write_json(run / RECIPE, recipe)
-    save_quant_state(run, recipe, model)
-    return run
-
-
-def test_export_run_onnx_and_trt_refused_for_paper(out, vit, paper):
-    run = _run_dir(out, vit[0], "w8a8")
-    path = export_run(run, "onnx")
-    assert path == run / QDQ_ONNX and path.is_file()
-    paper_run = _run_dir(out, paper[0], "w8a8-paper")
-    with pytest.raises(DfqError, match="TensorRT cannot run") as e:
-        export_run(paper_run, "trt")
-    assert "\n" not in str(e.value)
-    with pytest.raises(DfqError, match="unknown export format"):
-        export_run(run, "tflite")  # type: ignore[arg-type]
-
-
-# -- latency, imports, TensorRT -----------------------------------------------------------------
-def test_latency_ratio_is_a_ratio():
-    x = torch.zeros(1)
-    r = latency_ratio(lambda _: sum(range(2000)), lambda _: sum(range(200)), x, rounds=3, iters=3, warmup=1)
-    assert r["ratio"] > 1 and r["a_ms"] > 0 and r["b_ms"] > 0
-
-
-def test_import_dfq_export_does_not_import_heavy_modules():
-    code = (
-        "import sys, dfq, dfq.export, dfq.export.onnx, dfq.export.checker, dfq.export.runtime, "
-        "dfq.export.tensorrt, dfq.export.trt_calibrator, dfq.export.parity, dfq.export.latency; "
-        "bad = [m for m in ('onnx', 'onnxruntime', 'tensorrt', 'pycuda') if m in sys.modules]; "
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
-@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
-def test_tensorrt_missing_is_one_line_error(vit, out):
-    from dfq.export.tensorrt import build_engine
-
-    with pytest.raises(DfqError, match=r"^TensorRT is not installed: pip install dfq\[trt\]"):
-        build_engine(vit[1], out / "m.plan")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_TRT or not torch.cuda.is_available(), reason="needs tensorrt and CUDA")
-def test_tensorrt_engine_matches_ort(vit, out, images):
-    from dfq.export.runtime import TrtPredictor
-    from dfq.export.tensorrt import build_engine
-
-    model, _ = vit
-    path = export_onnx(copy.deepcopy(model), out / "trt.onnx", input_shape=SHAPE, fp16_remainder=True)
-    plan = build_engine(path, out / "trt.plan", timing_cache=out / "timing.cache")
-    assert (out / "timing.cache").is_file()
-    y = TrtPredictor(plan)(images[:4])
-    ref = ort_predictor(path)(images[:4])
-    assert (y.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
