@@ -30,10 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import dfq  # noqa: E402
+from dfq.checkpoints import load_checkpoint_state, load_state_into  # noqa: E402
 from dfq.config import QuantConfig, preset  # noqa: E402
 from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
 from dfq.evaluation import classification_metrics  # noqa: E402
-from dfq.models import data_config, eval_transform, load_checkpoint_state, load_model, load_state_into  # noqa: E402
+from dfq.models import data_config, eval_transform, load_model  # noqa: E402
 from dfq.quant.calibrate import activation_quantizers, calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
 
@@ -47,7 +48,11 @@ def _mobilenet_v1_025() -> torch.nn.Module:
 # name -> (weights file, builder for models that are not timm names, preprocessing overrides)
 MODELS = {
     "deit_tiny": ("deit_tiny_patch16_224.pth", None, {}),
-    "mobilenet_v1_025": ("mobilenet_v1_025_224.pth", _mobilenet_v1_025, {"mean": (0.5,) * 3, "std": (0.5,) * 3}),
+    "mobilenet_v1_025": (
+        "mobilenet_v1_025_224.pth",
+        _mobilenet_v1_025,
+        {"mean": (0.5,) * 3, "std": (0.5,) * 3},
+    ),
 }
 
 

@@ -21,49 +21,21 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _assets import calibration_images, default_assets, load  # noqa: E402
 
 import dfq  # noqa: E402
 from dfq.config import preset  # noqa: E402
-from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
 from dfq.evaluation import classification_metrics  # noqa: E402
 from dfq.inversion.overrides import parse_overrides  # noqa: E402
 from dfq.inversion.registry import get_inverter  # noqa: E402
-from dfq.models import data_config, eval_transform, load_checkpoint_state, load_state_into  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
 
 
-def cifar(assets: Path, depth: int, limit: int) -> tuple[torch.nn.Module, dict, torch.Tensor, torch.Tensor]:
-    from dfq.zoo.cifar_resnet import load_cifar_resnet
-
-    names = {20: "cifar10_resnet20-12fca82f.th", 56: "cifar10_resnet56-4bfd9763.th"}
-    model = load_cifar_resnet(assets / "weights" / names[depth], depth).eval()
-    cfg = data_config(model)
-    data = np.load(assets / "data" / "cifar10" / "test_lossless_first846.npz")
-    x = torch.from_numpy(data["x_test"][:limit]).float() / 255.0
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    return model, cfg, (x - mean) / std, torch.from_numpy(data["y_test_prefix"][:limit]).long()
-
-
-def mobilenet(assets: Path, limit: int) -> tuple[torch.nn.Module, dict, torch.Tensor, torch.Tensor]:
-    from timm.models.efficientnet import _gen_mobilenet_v1
-
-    model = _gen_mobilenet_v1("mobilenetv1_100", 0.25, pad_type="same", bn_eps=1e-3)
-    load_state_into(model, load_checkpoint_state(assets / "weights" / "mobilenet_v1_025_224.pth"))
-    model.eval()
-    cfg = data_config(model, mean=(0.5,) * 3, std=(0.5,) * 3)
-    ds = labelled_imagenet_folder(assets / "data" / "imagenet-sample" / "val", eval_transform(cfg))
-    ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-    xs, ys = zip(*make_loader(ds, batch_size=100, num_workers=2), strict=True)
-    return model, cfg, torch.cat(xs), torch.cat(ys)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--assets", default=os.environ.get("DFQ_ASSETS", "../shared/assets"))
+    ap.add_argument("--assets", type=Path, default=default_assets())
     ap.add_argument("--model", choices=["resnet20", "resnet56", "mobilenet_v1_025"], default="resnet56")
     ap.add_argument("--sources", nargs="+", default=["real", "noise", "deepinversion", "cmi"])
     ap.add_argument("--num-images", type=int, default=64)
@@ -72,12 +44,8 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     assets = Path(args.assets)
-    if args.model.startswith("resnet"):
-        model, cfg, images, labels = cifar(assets, int(args.model[6:]), args.eval_images)
-        real = images[-args.num_images :]  # calibration images taken from the end, disjoint when eval is short
-    else:
-        model, cfg, images, labels = mobilenet(assets, args.eval_images)
-        real = load_image_tensor(assets / "data" / "imagenet-sample" / "val", eval_transform(cfg), args.num_images)
+    model, cfg, images, labels = load(args.model, assets, args.eval_images)
+    real = calibration_images(args.model, assets, cfg, images, args.num_images)
 
     with torch.inference_mode():
         fp = model(images)

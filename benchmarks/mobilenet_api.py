@@ -18,16 +18,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from timm.models.efficientnet import _gen_mobilenet_v1  # noqa: E402
+from _assets import default_assets, mobilenet_model  # noqa: E402
 
 from dfq.config import preset  # noqa: E402
-from dfq.models import load_checkpoint_state, load_state_into  # noqa: E402
 from dfq.pipeline import CalibrationJob, run_calibration  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--assets", default=os.environ.get("DFQ_ASSETS", "../shared/assets"))
+    ap.add_argument("--assets", type=Path, default=default_assets())
     ap.add_argument("--out", default="runs/mbv1-w8a8")
     ap.add_argument("--scheme", default="w8a8", choices=["w8a8", "w4a8"])
     ap.add_argument("--calibrator", default="minmax")
@@ -35,8 +34,7 @@ def main() -> int:
     args = ap.parse_args()
     assets = Path(args.assets)
 
-    model = _gen_mobilenet_v1("mobilenetv1_100", 0.25, pad_type="same", bn_eps=1e-3)
-    load_state_into(model, load_checkpoint_state(assets / "weights" / "mobilenet_v1_025_224.pth"))
+    model = mobilenet_model(assets)
     config = preset(args.scheme)
     config = dataclasses.replace(
         config,

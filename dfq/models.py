@@ -4,9 +4,7 @@ This module owns the edge where a user's model reference becomes an ``nn.Module`
 
 * name resolution (short aliases such as ``deit_tiny`` → ``deit_tiny_patch16_224``, any timm name,
   close-match suggestions for typos);
-* local checkpoints (``.pth``/``.pt``/``.bin``/any torch file via ``torch.load(weights_only=True)``,
-  ``.safetensors``), unwrapping the usual training wrappers and a ``module.`` prefix, with a readable
-  key diff on mismatch;
+* local checkpoints, read by :mod:`dfq.checkpoints`;
 * pretrained weights from the hub that fail *fast* when the hub cannot be reached (no 45 s of retries);
 * the model's own evaluation preprocessing (timm ``resolve_data_config`` / ``create_transform``);
 * the ImageNet-1k class index (timm's sorted WordNet synset list);
@@ -16,12 +14,9 @@ This module owns the edge where a user's model reference becomes an ``nn.Module`
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
-import pickle
 import socket
 import threading
-import warnings
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +27,7 @@ import timm
 import torch
 from torch import nn
 
+from dfq.checkpoints import load_checkpoint_state, load_state_into
 from dfq.errors import DfqError
 
 ALIASES: dict[str, str] = {
@@ -42,8 +38,6 @@ ALIASES: dict[str, str] = {
 
 ModelFamily = Literal["vit", "cnn", "other"]
 
-_WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 _NO_HUB_HINT = "pass --checkpoint FILE (a local state_dict) or --no-pretrained (random weights)"
 _PROBE_TIMEOUT_S = 1.0
 _DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -74,141 +68,6 @@ def resolve_model_name(name: str) -> str:
     raise DfqError(
         f"unknown model {name!r}: {hint} (aliases: {', '.join(ALIASES)}; any timm model name works)"
     )
-
-
-# --------------------------------------------------------------------------------------- checkpoints
-def checkpoint_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks (constant memory).
-
-    Args:
-        path: The file to hash.
-        chunk_size: Bytes read per chunk.
-
-    Returns:
-        The hex digest.
-
-    Raises:
-        DfqError: The file does not exist or cannot be read.
-    """
-    path = Path(path)
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(chunk_size):
-                digest.update(chunk)
-    except OSError as e:
-        raise DfqError(f"cannot read checkpoint {path}: {e.strerror or e}; check the path") from e
-    return digest.hexdigest()
-
-
-def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict from a local checkpoint file onto the CPU.
-
-    ``.safetensors`` files are read with safetensors; anything else (``.pth``, ``.pt``, ``.bin``,
-    ``.th``, …) with ``torch.load(map_location="cpu", weights_only=True)``, so no code in the file runs.
-    Training wrappers ``{"model": …}``, ``{"state_dict": …}``, ``{"model_state": …}`` (and
-    ``{"model_state_dict": …}``) are unwrapped, and a ``module.`` (DataParallel) or ``_orig_mod.``
-    (torch.compile) prefix is stripped when every key carries it.
-
-    Args:
-        path: The checkpoint file.
-
-    Returns:
-        The state_dict, parameter name → tensor.
-
-    Raises:
-        DfqError: The file is missing, corrupt, or holds no state_dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DfqError(f"checkpoint {path} does not exist or is not a file; check the path")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure to decode means a bad file, reported in one line
-        if isinstance(e, pickle.UnpicklingError):  # torch's own text advises weights_only=False: don't
-            reason = "not a torch file of plain tensors; dfq loads with weights_only=True"
-        else:
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
-        raise DfqError(
-            f"cannot read checkpoint {path} ({reason}); pass an intact state_dict file "
-            "(torch.save(model.state_dict(), ...) or .safetensors)"
-        ) from e
-    return _as_state_dict(obj, path)
-
-
-def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Unwrap training wrappers and DataParallel prefixes; require a flat name → tensor mapping."""
-    while isinstance(obj, Mapping):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise DfqError(f"checkpoint {path} holds no state_dict (found {type(obj).__name__}); save model.state_dict()")
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        shown = ", ".join(map(str, list(obj)[:6]))
-        raise DfqError(
-            f"checkpoint {path} is not a state_dict (top-level keys: {shown}); save model.state_dict(), "
-            f"or one under {'/'.join(_WRAPPER_KEYS[:3])}"
-        )
-    state = {str(k): v for k, v in obj.items()}
-    for prefix in _STRIP_PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def _state_dict_diff(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
-    """Missing keys, unexpected keys and ``name (ckpt shape vs model shape)`` mismatches."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    return missing, unexpected, mismatched
-
-
-def _format_diff(missing: list[str], unexpected: list[str], mismatched: list[str], first: int = 3) -> str:
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)):
-        if items:
-            more = f", … +{len(items) - first}" if len(items) > first else ""
-            parts.append(f"{len(items)} {label} ({', '.join(items[:first])}{more})")
-    return "; ".join(parts)
-
-
-def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True, source: str = "") -> None:
-    """Load ``state`` into ``model`` with a readable diff instead of PyTorch's wall of keys.
-
-    Args:
-        model: The module to fill.
-        state: Parameter name → tensor.
-        strict: Every key must match by name and shape; otherwise only matching entries are loaded and
-            the diff becomes a warning.
-        source: Where ``state`` came from, for messages (e.g. the checkpoint path).
-
-    Raises:
-        DfqError: ``strict`` and the keys or shapes differ.
-    """
-    missing, unexpected, mismatched = _state_dict_diff(model, state)
-    if missing or unexpected or mismatched:
-        where = f" from {source}" if source else ""
-        msg = f"state_dict{where} does not fit {type(model).__name__}: {_format_diff(missing, unexpected, mismatched)}"
-        if strict:
-            raise DfqError(f"{msg}; pass the checkpoint that matches this model (or a matching model name)")
-        warnings.warn(msg, stacklevel=3)
-        bad = {m.split(" ", 1)[0] for m in mismatched}
-        state = {k: v for k, v in state.items() if k not in bad and k not in unexpected}
-    model.load_state_dict(state, strict=strict)
 
 
 # ------------------------------------------------------------------------------------------ the hub

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dfq.checkpoints import checkpoint_sha256
 from dfq.config import QuantConfig
 from dfq.data import CalibrationSet, labelled_imagenet_folder, load_image_tensor, make_loader
 from dfq.errors import DfqError
 from dfq.evaluation import TorchPredictor, evaluate
-from dfq.models import checkpoint_sha256, data_config, eval_transform, load_model, model_family
+from dfq.models import data_config, eval_transform, load_model, model_family
 from dfq.preview import model_patch_size, save_preview
 from dfq.quant.calibrate import calibrate
 from dfq.quant.transform import quantize_

@@ -14,15 +14,14 @@ from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from dfq import models
+from dfq.checkpoints import checkpoint_sha256, load_checkpoint_state
 from dfq.errors import DfqError
 from dfq.models import (
     ALIASES,
-    checkpoint_sha256,
     data_config,
     eval_transform,
     imagenet_synsets,
     is_cls_vit,
-    load_checkpoint_state,
     load_model,
     model_family,
     resolve_model_name,

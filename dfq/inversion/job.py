@@ -47,7 +47,7 @@ class InversionJob:
 
 def model_manifest(name: str | None, checkpoint: str | None, model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any]:
     """Identity of the model a set was made from (checked when the set is reused)."""
-    from dfq.models import checkpoint_sha256
+    from dfq.checkpoints import checkpoint_sha256
 
     return {
         "name": name,

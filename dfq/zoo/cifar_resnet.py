@@ -127,7 +127,7 @@ def load_cifar_resnet(path: str | Path, depth: int, num_classes: int = 10) -> Ci
     """A CIFAR ResNet filled strictly from an akamaster-style checkpoint, in eval mode.
 
     ``{'state_dict': …}`` wrappers and the ``module.`` prefix are handled by
-    :func:`dfq.models.load_checkpoint_state`. Those checkpoints predate BatchNorm's
+    :func:`dfq.checkpoints.load_checkpoint_state`. Those checkpoints predate BatchNorm's
     ``num_batches_tracked`` buffer, so a missing one is filled with 0 (what PyTorch itself does for old
     checkpoints); every other key must match by name and shape.
 
@@ -139,7 +139,7 @@ def load_cifar_resnet(path: str | Path, depth: int, num_classes: int = 10) -> Ci
     Raises:
         DfqError: Missing/corrupt file, or keys/shapes that do not fit the architecture.
     """
-    from dfq.models import load_checkpoint_state, load_state_into
+    from dfq.checkpoints import load_checkpoint_state, load_state_into
 
     model = CifarResNet(depth, num_classes)
     state = dict(load_checkpoint_state(path))

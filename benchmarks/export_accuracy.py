@@ -1,0 +1,115 @@
+"""Torch fake-quant vs ONNX Runtime on the exported Q/DQ graph: accuracy and agreement per model and scheme.
+
+For each model of ``../shared/assets`` (DeiT-Tiny, MobileNet-v1 0.25, CIFAR ResNet-20/56) and each
+scheme, the float model is calibrated on real images (32 ImageNet / 64 CIFAR by default), exported
+with :func:`dfq.export.onnx.export_onnx` (the TensorRT-rule checker runs on every export; its findings
+are counted here), and both the torch fake-quant model and ONNX Runtime (CPU) are evaluated on the
+sample images: top-1, agreement and KL to the FP model for each, and torch-vs-ORT top-1 agreement and
+max |Δlogit|.
+
+    python benchmarks/export_accuracy.py --json export_accuracy.json
+    python benchmarks/export_accuracy.py --models resnet20 --schemes w8a8 --eval-images 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from _assets import MODELS, calibration_images, default_assets, load  # noqa: E402
+
+from dfq.config import preset  # noqa: E402
+from dfq.evaluation import classification_metrics  # noqa: E402
+from dfq.export.checker import check_onnx  # noqa: E402
+from dfq.export.onnx import export_onnx  # noqa: E402
+from dfq.export.parity import compare_logits  # noqa: E402
+from dfq.export.runtime import ort_predictor  # noqa: E402
+from dfq.quant.calibrate import calibrate  # noqa: E402
+from dfq.quant.transform import quantize_  # noqa: E402
+
+
+def _logits(fn, images: torch.Tensor, batch: int = 50) -> torch.Tensor:  # noqa: ANN001
+    with torch.inference_mode():
+        return torch.cat([fn(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+def _metrics(logits: torch.Tensor, labels: torch.Tensor, fp: torch.Tensor) -> dict[str, float]:
+    m = classification_metrics(logits, labels, reference_logits=fp)
+    return {k: round(m[k], 4) for k in ("top1", "agreement", "kl")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--assets", type=Path, default=default_assets())
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    ap.add_argument("--schemes", nargs="+", default=["w8a8", "w4a8"])
+    ap.add_argument(
+        "--eval-images", type=int, default=1000, help="at most this many (500 ImageNet, 846 CIFAR)"
+    )
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="export_accuracy-"))
+    rows = []
+    for name in args.models:
+        model, cfg, images, labels = load(name, args.assets, args.eval_images)
+        calib = calibration_images(name, args.assets, cfg, images, 64 if name.startswith("resnet") else 32)
+        fp = _logits(model, images)
+        print(
+            f"{name}: FP top-1 {classification_metrics(fp, labels)['top1']:.4f} on {len(labels)} images",
+            flush=True,
+        )
+        for scheme in args.schemes:
+            t0 = time.perf_counter()
+            q = calibrate(
+                quantize_(copy.deepcopy(model), preset(scheme)),
+                lambda m, c=calib: [m(b) for b in c.split(32)],
+            )
+            path = export_onnx(q, tmp / f"{name}-{scheme}.onnx", input_shape=tuple(cfg["input_size"]))
+            findings = check_onnx(path)
+            fq = _logits(q, images)
+            ort = _logits(ort_predictor(path, threads=args.threads), images)
+            gap = compare_logits(fq, ort)
+            row = {
+                "model": name,
+                "scheme": scheme,
+                "num_images": len(labels),
+                "fp_top1": round(classification_metrics(fp, labels)["top1"], 4),
+                "torch": _metrics(fq, labels, fp),
+                "ort": _metrics(ort, labels, fp),
+                "torch_ort_agreement": round(gap["agreement"], 4),
+                "max_abs_logit_diff": round(gap["max_abs_diff"], 4),
+                "checker_findings": [str(f) for f in findings],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(
+        "\n| model | scheme | FP top-1 | torch top-1 / agr. / KL | ORT top-1 / agr. / KL | torch–ORT agreement | max abs Δlogit | checker |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t, o = r["torch"], r["ort"]
+        print(
+            f"| {r['model']} | {r['scheme']} | {100 * r['fp_top1']:.1f} | {100 * t['top1']:.1f} / {t['agreement']:.3f} / "
+            f"{t['kl']:.4f} | {100 * o['top1']:.1f} / {o['agreement']:.3f} / {o['kl']:.4f} | "
+            f"{100 * r['torch_ort_agreement']:.1f}% | {r['max_abs_logit_diff']:.3g} | "
+            f"{'clean' if not r['checker_findings'] else len(r['checker_findings'])} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0 if all(r["torch_ort_agreement"] >= 0.99 and not r["checker_findings"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
