@@ -12,7 +12,7 @@ they share, so each method file holds only its loss and its schedule:
 * :func:`run_batches`: the loop itself - batches, Adam, LR schedule, clipping, best-loss tracking
   with a real copy (the SMI and DataFree references alias ``inputs.data`` and so keep the last
   iterate, ALGORITHMS.md §1.8.2), a tqdm bar with loss and kept-token count, and an atomic,
-  resumable checkpoint.
+  resumable checkpoint (:mod:`dfq.inversion._checkpoint`).
 
 Determinism and resume: the initial images of batch ``b`` and the augmentation of iteration ``i``
 are drawn from fresh CPU generators seeded from ``(seed, b)`` and ``(seed, b, i)``, so no RNG stream
@@ -24,12 +24,11 @@ method's per-batch state (e.g. SMI's kept tokens) and the position ``(batch, ite
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from dfq.errors import DfqError
+from dfq.inversion._checkpoint import live_state, load_checkpoint, restore_live, to_cpu, write_checkpoint
 
 __all__ = [
     "frozen_eval",
@@ -48,11 +48,7 @@ __all__ = [
     "LoopSpec",
     "BatchResult",
     "run_batches",
-    "CHECKPOINT_FORMAT",
 ]
-
-CHECKPOINT_FORMAT = "dfq.inversion.checkpoint"
-_CHECKPOINT_VERSION = 1
 
 
 @contextmanager
@@ -245,103 +241,6 @@ class BatchResult:
     resumed_from: tuple[int, int] | None
 
 
-def _config_key(config: Any) -> dict[str, Any]:
-    """The config as a dict without the checkpoint fields (which may change across a resume)."""
-    d = asdict(config)
-    for key in ("checkpoint_path", "checkpoint_every", "log_every"):
-        d.pop(key, None)
-    return d
-
-
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
-
-
-def _load_checkpoint(spec: LoopSpec, labels: Tensor) -> dict[str, Any] | None:
-    if spec.checkpoint_path is None or not Path(spec.checkpoint_path).exists():
-        return None
-    ckpt = torch.load(spec.checkpoint_path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise DfqError(
-            f"{spec.checkpoint_path} is not a dfq inversion checkpoint; delete it or pick another path"
-        )
-    if ckpt.get("method") != spec.method or ckpt.get("config") != _config_key(spec.config):
-        raise DfqError(
-            f"checkpoint {spec.checkpoint_path} was written by a different {ckpt.get('method')!r} run "
-            "(method or settings differ); delete it or pick another checkpoint_path"
-        )
-    if not torch.equal(ckpt["labels"], labels):
-        raise DfqError(
-            f"checkpoint {spec.checkpoint_path} targets other labels (different model?); delete it"
-        )
-    return ckpt
-
-
-def _live(
-    x: Tensor, optimizer: torch.optim.Optimizer, state: dict[str, Any], best: Tensor, best_loss: Tensor
-) -> dict:
-    """The in-progress part of a checkpoint (the batch being optimised)."""
-    return {
-        "images": x.detach().cpu(),
-        "adam": _to_cpu(optimizer.state_dict()),
-        "state": _to_cpu(state),
-        "best_images": best.cpu(),
-        "best_loss": best_loss.cpu(),
-    }
-
-
-def _write_checkpoint(
-    path: Path,
-    spec: LoopSpec,
-    labels: Tensor,
-    batch: int,
-    iteration: int,
-    live: dict[str, Any] | None,
-    done: tuple[list[Tensor], list[dict[str, Any]], list[float], list[float]],
-) -> None:
-    """Save the resumable state atomically: ``(batch, iteration)`` is the next step to run."""
-    done_images, done_states, best_losses, final_losses = done
-    _save_atomic(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "version": _CHECKPOINT_VERSION,
-            "method": spec.method,
-            "config": _config_key(spec.config),
-            "labels": labels,
-            "batch": batch,
-            "iteration": iteration,
-            "live": live,
-            "done_images": done_images,
-            "done_states": done_states,
-            "best_losses": best_losses,
-            "final_losses": final_losses,
-            "rng": {"seed": spec.seed, "scheme": "fresh CPU generator per (seed, batch, iteration)"},
-        },
-        path,
-    )
-
-
 def run_batches(
     spec: LoopSpec,
     loss_fn: LossFn,
@@ -376,7 +275,7 @@ def run_batches(
     start_time = time.perf_counter()
     lo, hi = pixel_bounds(spec.mean, spec.std, device)
     num_batches = math.ceil(spec.num_images / spec.batch_size)
-    ckpt = _load_checkpoint(spec, labels)
+    ckpt = load_checkpoint(spec, labels)
     done_images: list[Tensor] = []
     done_states: list[dict[str, Any]] = []
     best_losses: list[float] = []
@@ -419,13 +318,7 @@ def run_batches(
             last_loss = torch.full((), math.nan, device=device)
             it0 = 0
             if ckpt is not None and b == start_batch and ckpt["live"] is not None:
-                live = ckpt["live"]
-                with torch.no_grad():
-                    x.copy_(live["images"].to(device))
-                optimizer.load_state_dict(_to_device(live["adam"], device))
-                state = _to_device(live["state"], device)
-                best_images = live["best_images"].to(device)
-                best_loss = live["best_loss"].to(device)
+                state, best_images, best_loss = restore_live(ckpt["live"], x, optimizer, device)
                 it0 = start_it
             watch = NonFiniteWatch(device)
             it = it0  # next iteration to run: the position a checkpoint records
@@ -470,8 +363,8 @@ def run_batches(
                             postfix["tokens"] = spec.kept_count(state)
                         bar.set_postfix(postfix, refresh=False)
                     if path is not None and (it + 1) % spec.checkpoint_every == 0 and not last:
-                        live = _live(x, optimizer, state, best_images, best_loss)
-                        _write_checkpoint(path, spec, labels, b, it + 1, live, done)
+                        live = live_state(x, optimizer, state, best_images, best_loss)
+                        write_checkpoint(path, spec, labels, b, it + 1, live, done)
             except KeyboardInterrupt:
                 if path is not None:
                     if updating:
@@ -480,15 +373,15 @@ def run_batches(
                             stacklevel=2,
                         )
                     else:
-                        live = _live(x, optimizer, state, best_images, best_loss)
-                        _write_checkpoint(path, spec, labels, b, it, live, done)
+                        live = live_state(x, optimizer, state, best_images, best_loss)
+                        write_checkpoint(path, spec, labels, b, it, live, done)
                 raise
             done_images.append(best_images.float().cpu())
-            done_states.append(_to_cpu(state))
+            done_states.append(to_cpu(state))
             best_losses.append(float(best_loss))
             final_losses.append(float(last_loss))
             if path is not None:
-                _write_checkpoint(path, spec, labels, b + 1, 0, None, done)
+                write_checkpoint(path, spec, labels, b + 1, 0, None, done)
             ckpt = None
     finally:
         bar.close()
