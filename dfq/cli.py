@@ -1,7 +1,8 @@
 """The ``dfq`` command line: parse options, build a config, make one API call, print the result.
 
 Exit codes: 0 success, 2 bad input (one-line ``error: ...`` on stderr, no traceback; set
-``DFQ_DEBUG=1`` to see it), 130 interrupted.
+``DFQ_DEBUG=1`` to see it), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Both stop an
+inversion at the current iteration with a resumable checkpoint (``dfq invert ... --resume``).
 Commands that produce figures print them as JSON with ``--json`` (for pipelines).
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -251,8 +254,18 @@ def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool
                f"FLOPs ratio {r['flops_ratio']:.2f}x")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an interrupt, so long loops checkpoint exactly as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input -> one line on stderr and exit code 2."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         cli.main(args=argv, prog_name="dfq", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -260,12 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click wraps interrupts in Abort
+        terminated = isinstance(e, _Terminated) or isinstance(e.__cause__, _Terminated)
+        click.echo("terminated" if terminated else "interrupted", err=True)
+        sys.exit(143 if terminated else 130)
     except (DfqError, ValueError) as e:
         if os.environ.get("DFQ_DEBUG"):
             raise

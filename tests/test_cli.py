@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +249,30 @@ def test_calibrate_export_and_eval_in_onnxruntime(tmp_path, image_folder, capsys
     assert code == 2 and "trt numerics" in err and not (tmp_path / "p").exists()
     code, _, err = run_cli(["eval", str(out), "--data", str(image_folder), "--backend", "tensorrt"], capsys)
     assert code == 2 and "dfq export" in err
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
+    """``kill`` (SIGTERM) stops an inversion like Ctrl-C: checkpoint at the current iteration, exit 143,
+    no output directory; ``--resume`` then finishes the run from that iteration."""
+    out = tmp_path / "di"
+    cmd = [sys.executable, "-c", "from dfq.cli import main; main()", "invert", "--model", "test_vit",
+           "--no-pretrained", "--device", "cpu", "--method", "deepinversion", "--num-images", "1",
+           "--set", "iterations=400", "--set", "checkpoint_every=100000", "--set", "log_every=1", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env, text=True)
+    seen = ""
+    while "loss=" not in seen:  # the bar shows a loss once iterations run
+        ch = proc.stderr.read(1)
+        assert ch, f"dfq invert ended early: {seen[-500:]}"
+        seen += ch
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in rest
+    assert not out.exists()
+    ckpt = torch.load(tmp_path / "di.ckpt", weights_only=True)
+    stopped = ckpt["iteration"]
+    assert 0 < stopped < 400 and ckpt["live"] is not None
+    done = subprocess.run([*cmd, "--resume", "--json"], capture_output=True, env=env, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resumed_from"] == [0, stopped]
+    assert not (tmp_path / "di.ckpt").exists() and (out / "calibration.json").is_file()
