@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from dfq.calibrators import calibrator_names
-from dfq.config import VIT_SITES, preset
+from dfq.config import VIT_SITES, for_onnxruntime, preset
 from dfq.errors import DfqError
 from dfq.inversion.registry import inverter_names
 
@@ -84,6 +84,9 @@ def cli() -> None:
 @click.option("--sites", default=None,
               help=f"Comma-separated activation sites replacing the preset's (ViT: {','.join(VIT_SITES)}).")
 @click.option("--no-head", is_flag=True, help="Leave the classifier in float.")
+@click.option("--target", type=click.Choice(["trt", "ort"]), default="trt", show_default=True,
+              help="Q/DQ placement for TensorRT, or for ONNX Runtime CPU (patch-embedding conv and "
+                   "classifier in float: ORT cannot fuse input-only Q/DQ into Conv/Gemm).")
 @click.option("--bias-correction", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Correct weight-rounding bias with calibration input means (auto: CNNs only).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -97,7 +100,7 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
               numerics: str, calibrator: str, site_calibrators: tuple[str, ...], weight_calibrator: str | None, calib_folder: str | None,
               inversion: str | None, calib_set: str | None, settings: tuple[str, ...], dense_calibration: bool,
               num_images: int, eval_folder: str | None, eval_images: int | None,
-              sites: str | None, no_head: bool, bias_correction: str, batch_size: int, seed: int, out: str, force: bool,
+              sites: str | None, no_head: bool, target: str, bias_correction: str, batch_size: int, seed: int, out: str, force: bool,
               export_fmt: str | None, as_json: bool) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
     from dfq.pipeline import CalibrationJob, default_device, run_calibration
@@ -122,6 +125,8 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
     if no_head:
         changes["quantize_head"] = False
     config = dataclasses.replace(config, **changes)
+    if target == "ort":
+        config = for_onnxruntime(config)
     job = CalibrationJob(
         out=out, config=config, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
         calib_folder=calib_folder, inversion=inversion, calib_set=calib_set, dense_calibration=dense_calibration,

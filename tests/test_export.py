@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from dfq.config import QuantConfig, preset
+from dfq.config import QuantConfig, for_onnxruntime, preset
 from dfq.errors import DfqError
 from dfq.export.checker import Finding, check_model, check_onnx
 from dfq.export.onnx import export_mode, export_onnx
@@ -122,6 +122,22 @@ def test_every_matmul_input_is_dequantized_including_attention(vit):
     attention = [mm for mm in matmuls if all(_is_activation_dq(g, i) for i in mm.input)]
     assert len(attention) == 2 * blocks
     assert len(g.op("Conv")) == 1 and g.src(g.op("Conv")[0].input[0]) == "DequantizeLinear"
+
+
+def test_ort_placement_leaves_patch_embed_and_head_float(out):
+    """``for_onnxruntime``: no Q/DQ where ORT cannot fuse it (Conv, classifier); every block matmul keeps it."""
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False).eval()
+    x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
+    qmodel = calibrate(quantize_(model, for_onnxruntime(_config("w8a8"))), lambda m: m(x))
+    g = Graph(export_onnx(qmodel, out / "ort.onnx", input_shape=SHAPE))
+    conv = g.op("Conv")[0]
+    assert g.src(conv.input[0]) == "input" and g.src(conv.input[1]) == "initializer"
+    (head,) = g.op("Gemm")  # the float nn.Linear exports as Gemm
+    assert g.src(head.input[0]) != "DequantizeLinear" and g.src(head.input[1]) == "initializer"
+    matmuls = g.op("MatMul")
+    assert len(matmuls) == 6 * len(qmodel.blocks)
+    assert all(g.src(mm.input[0]) == g.src(mm.input[1]) == "DequantizeLinear" for mm in matmuls)
 
 
 def test_no_qdq_on_outputs_and_float_ops_stay_float(vit, cnn):
