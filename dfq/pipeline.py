@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from dfq.checkpoints import checkpoint_sha256
 from dfq.config import QuantConfig
-from dfq.data import CalibrationSet, labelled_imagenet_folder, load_image_tensor, make_loader
+from dfq.data import CalibrationSet, labelled_imagenet_folder, make_loader
 from dfq.errors import DfqError
 from dfq.evaluation import TorchPredictor, evaluate
 from dfq.models import data_config, eval_transform, load_model, model_family
@@ -150,13 +150,11 @@ def _calibration_set(job: CalibrationJob, model: nn.Module, cfg: dict[str, Any])
         check_set_matches(calib, manifest, job.calib_set)
         return calib
     if job.calib_folder is not None:
-        images = load_image_tensor(job.calib_folder, eval_transform(cfg), job.num_images, seed=job.seed)
-        return CalibrationSet(
-            images=images,
-            labels=None,
-            keep_index=None,
-            provenance={"method": "folder", "folder": str(job.calib_folder), "seed": job.seed},
-        )
+        from dfq.inversion.folder import FolderConfig, folder_images
+
+        keys = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+        folder = FolderConfig(job.calib_folder, job.num_images, job.seed, **{k: cfg[k] for k in keys})
+        return folder_images(model, folder, input_size=tuple(cfg["input_size"]))
     from dfq.inversion import invert
     from dfq.inversion.overrides import parse_overrides
     from dfq.inversion.registry import get_inverter

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 # Importing a method module registers it.
-from dfq.inversion import cmi, deepinversion, noise, smi  # noqa: F401
+from dfq.inversion import cmi, deepinversion, folder, noise, smi  # noqa: F401
 from dfq.inversion.registry import check_family, get_inverter, inverter_names, register_inverter
 
 __all__ = ["invert", "inverter_names", "register_inverter", "get_inverter"]

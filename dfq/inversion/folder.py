@@ -1,0 +1,82 @@
+"""Real images from a folder as a calibration source: the baseline every inversion is measured against.
+
+Registered as ``folder`` beside the inversion methods, so real and synthetic calibration sets come
+from one code path with one provenance format: ``dfq calibrate --calib-folder DIR`` uses it, and
+``dfq invert --method folder --set path=DIR`` writes a reusable set (lossless tensors + manifest)
+exactly like the inversions do. The images get the model's own evaluation preprocessing
+(:func:`dfq.models.data_config`), with optional overrides for models whose weights expect other
+statistics (e.g. ``mean=0.5,0.5,0.5 std=0.5,0.5,0.5`` for the Keras MobileNet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dfq.data import CalibrationSet, load_image_tensor
+from dfq.errors import DfqError
+from dfq.inversion.registry import register_inverter
+
+__all__ = ["FolderConfig", "folder_images"]
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """A seeded subset of an image folder, preprocessed for the model.
+
+    Attributes:
+        path: the folder (searched recursively for images).
+        num_images: how many images (all of them, with a warning, if the folder holds fewer).
+        seed: seed of the subset draw.
+        mean, std: per-channel normalization replacing the model's (None: the model's own).
+        crop_pct: center-crop fraction replacing the model's (None: the model's own).
+        interpolation: resize interpolation replacing the model's (None: the model's own).
+        crop_mode: ``center`` | ``squash`` | ``border`` replacing the model's (None: the model's own).
+    """
+
+    path: str = ""
+    num_images: int = 32
+    seed: int = 0
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    crop_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("the folder source needs path=DIR")
+        if self.num_images < 1:
+            raise ValueError("num_images must be >= 1")
+
+    def preprocessing(self) -> dict[str, object]:
+        """The data-config overrides this config sets."""
+        keys = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@register_inverter("folder", FolderConfig, families=("vit", "cnn", "other"))
+def folder_images(
+    model: nn.Module,
+    config: FolderConfig,
+    *,
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> CalibrationSet:
+    """Load ``config.num_images`` images of ``config.path`` in the model's input space (no labels)."""
+    from dfq.models import data_config, eval_transform
+
+    if not Path(config.path).is_dir():
+        raise DfqError(f"calibration folder {config.path} is not a directory")
+    cfg = data_config(model, **{**config.preprocessing(), "input_size": input_size})
+    images = load_image_tensor(config.path, eval_transform(cfg), config.num_images, seed=config.seed)
+    return CalibrationSet(
+        images=images,
+        labels=None,
+        keep_index=None,
+        provenance={"method": "folder", "folder": str(config.path), "seed": config.seed, **config.preprocessing()},
+    )
