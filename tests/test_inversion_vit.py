@@ -149,6 +149,7 @@ def test_smi_kept_counts_on_a_224_deit() -> None:
     cs = smi(model, cfg, input_size=(3, 224, 224), progress=False)
     assert cs.provenance["kept_patches"] == [196, 137, 95, 66, 46]
     assert [s["kept_patches"] for s in cs.provenance["stages"]] == [137, 95, 66, 46]
+    assert cs.provenance["kept_patches_per_image"] == [[196, 137, 95, 66, 46]] * 2
     keep = cs.keep_index
     assert keep.shape == (2, 47) and keep.dtype == torch.int64
     assert (keep[:, 0] == 0).all() and (keep[:, 1:] >= 1).all() and (keep[:, 1:] <= 196).all()

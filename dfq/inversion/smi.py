@@ -265,6 +265,8 @@ def smi(
             keep = topk_keep(current, state["attn"], prune_at[it])
             state["keep"] = keep
             state["history"] = [*state["history"], keep.shape[1] - 1]
+            distinct = (keep[:, 1:] != keep[:, :-1]).sum(1)  # rows are sorted: distinct ids - 1 = patches
+            state["per_image"] = torch.cat([state["per_image"], distinct[:, None]], 1)
         if it in quiet:
             x_in, fwd_keep = x, keep
         else:
@@ -286,7 +288,12 @@ def smi(
             input_size,
             dcfg,
             reset_best_at=frozenset(prune_at),
-            init_state=lambda _bs: {"keep": None, "attn": None, "history": [n_tokens - 1]},
+            init_state=lambda bs: {
+                "keep": None,
+                "attn": None,
+                "history": [n_tokens - 1],
+                "per_image": torch.full((bs, 1), n_tokens - 1, device=device),
+            },
             kept_count=lambda s: n_tokens if s["keep"] is None else int(s["keep"].shape[1]),
         )
         result = run_batches(spec, loss_fn, labels, device=device, progress=progress)
@@ -304,6 +311,7 @@ def smi(
             "iterations": config.iterations,
             "jitter": jitter,
             "kept_patches": list(history),
+            "kept_patches_per_image": torch.cat([s["per_image"] for s in result.states]).tolist(),
             "stages": [
                 {"iteration": it, "ratio": r, "kept_patches": k}
                 for (it, r), k in zip(config.schedule, history[1:], strict=True)
