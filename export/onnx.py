@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from dfq.errors import DfqError
 from dfq.quant.modules import QuantLayer, quantizers
@@ -135,12 +134,26 @@ class _ExportLayer(nn.Module):
             y = y if self.b is None else y + self.b
         elif self.kind == "conv":
             y = self.layer._conv_forward(x, w, self.b)
-        else:
-            params = {"weight": w} if self.b is None else {"weight": w, "bias": self.b}
-            y = functional_call(self.layer, params, (x,))
+        else:  # Conv/Linear subclasses with their own forward (e.g. timm's Conv2dSame)
+            y = _call_with(self.layer, {"weight": w, "bias": self.b}, x)
         if self.output_quantizer is not None:
             y = self.output_quantizer(y)
         return y
+
+
+def _call_with(layer: nn.Module, tensors: dict[str, Tensor | None], x: Tensor) -> Tensor:
+    """``layer(x)`` with its own forward but the given weight/bias tensors (restored afterwards).
+
+    ``torch.func.functional_call`` refuses to run under the ONNX tracer, so the parameter slots are
+    swapped directly; the tracer then records the exported (Q/DQ) weight.
+    """
+    saved = {k: layer._parameters[k] for k in tensors if k in layer._parameters}
+    try:
+        for k in saved:
+            layer._parameters[k] = tensors[k]
+        return layer(x)
+    finally:
+        layer._parameters.update(saved)
 
 
 def _replace_children(

@@ -219,6 +219,25 @@ def test_ort_matches_torch_fake_quant(which, vit, cnn, images):
         assert r["float_exact_fraction"] >= 0.5 and r["agreement"] >= 0.99
 
 
+def test_conv_subclass_with_its_own_forward_exports(out, images):
+    """timm's ``Conv2dSame`` (TF 'same' padding, the Keras MobileNet's convs) keeps its padding in the
+    export and its weight on the integer grid: ORT matches torch fake-quant."""
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        Conv2dSame(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), Conv2dSame(8, 8, 3, stride=2, bias=True),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    ).eval()  # fmt: skip
+    qmodel = calibrate(quantize_(model, _config("w8a8")), lambda m: m(images[:8]))
+    assert sum(isinstance(m, QuantLayer) and isinstance(m.layer, Conv2dSame) for m in qmodel.modules()) == 2
+    path = export_onnx(qmodel, out / "same.onnx", input_shape=SHAPE)
+    g = Graph(path)
+    assert len(g.op("Pad")) == 2 and all(g.src(c.input[1]) == "DequantizeLinear" for c in g.op("Conv"))
+    r = parity(qmodel, path, images)
+    assert r["agreement"] >= 0.99 and r["mean_abs_diff"] <= r["quant_error_mean"]
+
+
 def test_dynamic_batch(vit, images):
     model, path = vit
     g = Graph(path)
