@@ -52,8 +52,8 @@ def test_data_config_and_classifier() -> None:
     model = cifar_resnet(20)
     cfg = data_config(model)
     assert cfg["input_size"] == (3, 32, 32)
-    assert cfg["mean"] == pytest.approx((0.4914, 0.4822, 0.4465))
-    assert cfg["std"] == pytest.approx((0.2023, 0.1994, 0.2010))
+    assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406))  # what the checkpoints were trained with
+    assert cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
     assert cfg["crop_pct"] == 1.0
     clf = model.get_classifier()
     assert isinstance(clf, nn.Linear) and (clf.in_features, clf.out_features) == (64, 10)
@@ -86,21 +86,17 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         load_cifar_resnet(tmp_path / "r20.th", 32)
 
 
-def test_real_resnet20_accuracy(assets: Path) -> None:
-    model = load_cifar_resnet(assets / RESNET20, 20)
+@pytest.mark.parametrize(("weights", "depth", "correct"), [(RESNET20, 20, 776), (RESNET56, 56, 789)])
+def test_real_resnet_accuracy_matches_the_assets_readme(assets: Path, weights: str, depth: int, correct: int) -> None:
+    """With the model's own preprocessing (the training statistics) the shared weights reproduce the
+    assets README: ResNet-20 91.73% (776/846), ResNet-56 93.26% (789/846) on the lossless images."""
+    model = load_cifar_resnet(assets / weights, depth)
     data = np.load(assets / "data/cifar10/test_lossless_first846.npz")
-    x = torch.from_numpy(data["x_test"][:64]).float() / 255.0
-    y = torch.from_numpy(data["y_test_prefix"][:64]).long()
+    x = torch.from_numpy(data["x_test"]).float() / 255.0
+    y = torch.from_numpy(data["y_test_prefix"]).long()
     cfg = data_config(model)
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
-        accuracy = (model((x - mean) / std).argmax(1) == y).float().mean().item()
-    assert accuracy >= 0.85, accuracy
-
-
-def test_real_resnet56_loads_strictly(assets: Path) -> None:
-    model = load_cifar_resnet(assets / RESNET56, 56)
-    assert model.layer3[8].bn2.running_var.abs().sum() > 0
-    with pytest.raises(DfqError):
-        load_cifar_resnet(assets / RESNET56, 20)
+        hits = int((model((x - mean) / std).argmax(1) == y).sum())
+    assert hits == correct, hits
