@@ -276,3 +276,14 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["resumed_from"] == [0, stopped]
     assert not (tmp_path / "di.ckpt").exists() and (out / "calibration.json").is_file()
+
+
+def test_target_ort_leaves_patch_embed_and_head_float(tmp_path, image_folder, capsys):
+    out = tmp_path / "run-ort"
+    code, stdout, err = run_cli(_calibrate_args(out, image_folder, "--target", "ort"), capsys)
+    assert code == 0, err
+    quant = json.loads(stdout)["quant_config"]
+    assert quant["name"] == "w8a8-ort" and not quant["quantize_head"] and not quant["quantize_patch_embed"]
+    model = dfq.load(out)
+    assert not hasattr(model.patch_embed.proj, "weight_quantizer") and not hasattr(model.head, "weight_quantizer")
+    assert hasattr(model.blocks[0].attn.qkv, "weight_quantizer")
