@@ -150,10 +150,9 @@ def _calibration_set(job: CalibrationJob, model: nn.Module, cfg: dict[str, Any])
         check_set_matches(calib, manifest, job.calib_set)
         return calib
     if job.calib_folder is not None:
-        from dfq.inversion.folder import FolderConfig, folder_images
+        from dfq.inversion.folder import PREPROCESSING_KEYS, FolderConfig, folder_images
 
-        keys = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
-        folder = FolderConfig(job.calib_folder, job.num_images, job.seed, **{k: cfg[k] for k in keys})
+        folder = FolderConfig(job.calib_folder, job.num_images, job.seed, **{k: cfg[k] for k in PREPROCESSING_KEYS})
         return folder_images(model, folder, input_size=tuple(cfg["input_size"]))
     from dfq.inversion import invert
     from dfq.inversion.overrides import parse_overrides
@@ -256,7 +255,9 @@ def _evaluate_pair(job: CalibrationJob, fp: nn.Module, quant: nn.Module, cfg: di
 def _backend_predictor(run: str, backend: str, net: nn.Module, dev: torch.device):  # noqa: ANN202
     if backend == "torch":
         return TorchPredictor(net, dev)
-    name = {"onnxruntime": "model.qdq.onnx", "tensorrt": "model.plan"}.get(backend)
+    from dfq.export.onnx import PLAN, QDQ_ONNX  # the file names export_run writes
+
+    name = {"onnxruntime": QDQ_ONNX, "tensorrt": PLAN}.get(backend)
     if name is None:
         raise DfqError(f"unknown backend {backend!r}; choose torch, onnxruntime or tensorrt")
     path = Path(run) / name

@@ -20,7 +20,10 @@ from dfq.data import CalibrationSet, load_image_tensor
 from dfq.errors import DfqError
 from dfq.inversion.registry import register_inverter
 
-__all__ = ["FolderConfig", "folder_images"]
+__all__ = ["FolderConfig", "folder_images", "PREPROCESSING_KEYS"]
+
+PREPROCESSING_KEYS = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+"""The data-config entries a :class:`FolderConfig` can override."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,7 @@ class FolderConfig:
 
     def preprocessing(self) -> dict[str, object]:
         """The data-config overrides this config sets."""
-        keys = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in PREPROCESSING_KEYS if getattr(self, k) is not None}
 
 
 @register_inverter("folder", FolderConfig, families=("vit", "cnn", "other"))
