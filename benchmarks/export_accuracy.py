@@ -67,10 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         model, cfg, images, labels = load(name, args.assets, args.eval_images)
         calib = calibration_images(name, args.assets, cfg, images, 64 if name.startswith("resnet") else 32)
         fp = _logits(model, images)
-        print(
-            f"{name}: FP top-1 {classification_metrics(fp, labels)['top1']:.4f} on {len(labels)} images",
-            flush=True,
-        )
+        fp_top1 = classification_metrics(fp, labels)["top1"]
+        print(f"{name}: FP top-1 {fp_top1:.4f} on {len(labels)} images", flush=True)
         for scheme in args.schemes:
             t0 = time.perf_counter()
             q = calibrate(
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model": name,
                 "scheme": scheme,
                 "num_images": len(labels),
-                "fp_top1": round(classification_metrics(fp, labels)["top1"], 4),
+                "fp_top1": round(fp_top1, 4),
                 "torch": _metrics(fq, labels, fp),
                 "ort": _metrics(ort, labels, fp),
                 "torch_ort_agreement": round(gap["agreement"], 4),
