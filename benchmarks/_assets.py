@@ -84,8 +84,8 @@ def load(name: str, assets: Path, limit: int) -> Loaded:
 
 
 def calibration_images(name: str, assets: Path, cfg: dict, images: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` real calibration images: the first ``n`` of the ImageNet sample (ImageNet models, as
-    ``dfq calibrate --calib-folder``), or the last ``n`` of the CIFAR evaluation images."""
+    """``n`` real calibration images: the seed-0 draw of ``n`` ImageNet sample images that
+    ``dfq calibrate --calib-folder`` makes (ImageNet models), or the last ``n`` CIFAR evaluation images."""
     if name.startswith("resnet"):
         return images[-n:]
     return load_image_tensor(imagenet_val(assets), eval_transform(cfg), n)

@@ -28,9 +28,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _assets import mobilenet_model  # noqa: E402
 
 import dfq  # noqa: E402
-from dfq.checkpoints import load_checkpoint_state, load_state_into  # noqa: E402
 from dfq.config import QuantConfig, preset  # noqa: E402
 from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
 from dfq.evaluation import classification_metrics  # noqa: E402
@@ -39,20 +39,14 @@ from dfq.quant.calibrate import activation_quantizers, calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
 
 
-def _mobilenet_v1_025() -> torch.nn.Module:
-    from timm.models.efficientnet import _gen_mobilenet_v1
-
-    return _gen_mobilenet_v1("mobilenetv1_100", 0.25, pad_type="same", bn_eps=1e-3)
+def _deit_tiny(assets: Path) -> torch.nn.Module:
+    return load_model("deit_tiny", checkpoint=assets / "weights" / "deit_tiny_patch16_224.pth", pretrained=False)
 
 
-# name -> (weights file, builder for models that are not timm names, preprocessing overrides)
+# name -> (float model from the assets folder, preprocessing overrides)
 MODELS = {
-    "deit_tiny": ("deit_tiny_patch16_224.pth", None, {}),
-    "mobilenet_v1_025": (
-        "mobilenet_v1_025_224.pth",
-        _mobilenet_v1_025,
-        {"mean": (0.5,) * 3, "std": (0.5,) * 3},
-    ),
+    "deit_tiny": (_deit_tiny, {}),
+    "mobilenet_v1_025": (mobilenet_model, {"mean": (0.5,) * 3, "std": (0.5,) * 3}),
 }
 
 
@@ -112,12 +106,8 @@ def main() -> int:
 
     assets = Path(args.assets)
     folder = assets / "data" / "imagenet-sample" / "val"
-    weights, builder, overrides = MODELS[args.model]
-    if builder is None:
-        model = load_model(args.model, checkpoint=assets / "weights" / weights, pretrained=False)
-    else:
-        model = builder().eval()
-        load_state_into(model, load_checkpoint_state(assets / "weights" / weights))
+    build, overrides = MODELS[args.model]
+    model = build(assets).eval()
     if args.crop_pct:
         overrides = {**overrides, "crop_pct": args.crop_pct}
     cfg = data_config(model, **overrides)
