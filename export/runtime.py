@@ -75,6 +75,7 @@ def ort_predictor(
     *,
     threads: int | None = None,
     optimized_model_path: str | Path | None = None,
+    optimize: bool = True,
 ) -> OrtPredictor:
     """Build an ONNX Runtime session for ``path``.
 
@@ -83,6 +84,8 @@ def ort_predictor(
         providers: execution providers in priority order (default: CPU only).
         threads: intra-op threads (default: ONNX Runtime's choice).
         optimized_model_path: also write the graph after ORT's optimizations (shows what it fused).
+        optimize: apply ORT's graph optimizations (Q/DQ fusion into integer kernels among them);
+            False runs every node as written (a reference for how much fusion alone moves results).
 
     Returns:
         An :class:`OrtPredictor`; ``.providers`` lists what is really active.
@@ -93,6 +96,8 @@ def ort_predictor(
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     available = ort.get_available_providers()
