@@ -6,7 +6,8 @@ All graphs come from the same float model; the quantized ones are calibrated on 
 ORT: ``quantize_static`` restricted to MatMul/Gemm/Conv inputs, QDQ format, per-channel symmetric
 INT8 weights, symmetric INT8 activations, MinMax). Latency is measured interleaved (FP32, dfq,
 dfq_ort, ORT, FP32, ...) at batch 1 and 8 and reported as the median per-call time and as ratios to
-FP32 (:mod:`dfq.export.latency`); the op counts of each graph after ORT's optimizations show what ORT
+FP32 (:mod:`dfq.export.latency`), plus the quartiles of the per-round paired ratios (the spread a
+single run's ratio carries on a machine whose speed drifts); the op counts of each graph after ORT's optimizations show what ORT
 fused. Optional: top-1, agreement and KL to FP32 on labelled images.
 
     python benchmarks/ort_speed.py --model deit_tiny \
@@ -91,6 +92,17 @@ def ort_static(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
     return out
 
 
+def paired_quartiles(base: list[float], cand: list[float]) -> list[float]:
+    """Quartiles of the per-round ratios ``base[i] / cand[i]``: both were timed in the same round, so
+    drift common to the round cancels, and the spread says how far one run's ratio can be trusted.
+
+    >>> paired_quartiles([2.0, 2.0, 3.0, 4.0, 4.0], [1.0, 1.0, 1.0, 2.0, 2.0])
+    [2.0, 2.0, 2.0]
+    """
+    q1, q2, q3 = statistics.quantiles([b / c for b, c in zip(base, cand, strict=True)], n=4, method="inclusive")
+    return [round(q1, 3), round(q2, 3), round(q3, 3)]
+
+
 def fused_ops(path: Path, tmp: Path, threads: int) -> dict[str, int]:
     import onnx
 
@@ -165,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         result["latency"][f"batch{bs}"] = {
             **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
             **{f"fp32/{k}": round(med["fp32"] / med[k], 3) for k in ("dfq", "dfq_ort", "ort_static")},
+            **{f"fp32/{k}_per_round_q1_median_q3": paired_quartiles(t["fp32"], t[k]) for k in ("dfq", "dfq_ort")},
             **{f"ort_static/{k}": round(med["ort_static"] / med[k], 3) for k in ("dfq", "dfq_ort")},
         }
         print(f"batch {bs}: {result['latency'][f'batch{bs}']}", file=sys.stderr)
