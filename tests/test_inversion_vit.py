@@ -271,6 +271,8 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch: pytest.Mon
     monkeypatch.setattr(smi_mod, "forward_tokens", real_forward)
     resumed = smi(_small_vit(), ck_cfg, input_size=(3, SMALL, SMALL), progress=False)
     assert resumed.provenance["resumed_from"] == [1, 2]
+    # the time before the interrupt counts: the whole run's seconds exceed this run's
+    assert resumed.provenance["seconds"] > resumed.provenance["seconds_this_run"] > 0
     assert torch.equal(resumed.images, reference.images)
     assert torch.equal(resumed.keep_index, reference.keep_index)
     assert torch.equal(resumed.labels, reference.labels)

@@ -112,8 +112,10 @@ def write_checkpoint(
     iteration: int,
     live: dict[str, Any] | None,
     done: tuple[list[Tensor], list[dict[str, Any]], list[float], list[float]],
+    seconds: float = 0.0,
 ) -> None:
-    """Save the resumable state atomically: ``(batch, iteration)`` is the next step to run."""
+    """Save the resumable state atomically: ``(batch, iteration)`` is the next step to run;
+    ``seconds`` is the optimisation time spent so far, over every run that led to this state."""
     done_images, done_states, best_losses, final_losses = done
     _save_atomic(
         {
@@ -129,6 +131,7 @@ def write_checkpoint(
             "done_states": done_states,
             "best_losses": best_losses,
             "final_losses": final_losses,
+            "seconds": seconds,
             "rng": {"seed": spec.seed, "scheme": "fresh CPU generator per (seed, batch, iteration)"},
         },
         path,

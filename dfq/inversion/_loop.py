@@ -237,7 +237,8 @@ class BatchResult:
     states: list[dict[str, Any]]
     best_losses: list[float]
     final_losses: list[float]
-    seconds: float
+    seconds: float  # over every run that led here (a resumed run adds its predecessors' time)
+    seconds_this_run: float
     resumed_from: tuple[int, int] | None
 
 
@@ -282,12 +283,18 @@ def run_batches(
     final_losses: list[float] = []
     start_batch, start_it = 0, 0
     resumed_from = None
+    seconds_before = 0.0
     if ckpt is not None:
+        seconds_before = float(ckpt.get("seconds", 0.0))  # absent in checkpoints before session 3
         done_images = list(ckpt["done_images"])
         done_states = list(ckpt["done_states"])
         best_losses, final_losses = list(ckpt["best_losses"]), list(ckpt["final_losses"])
         start_batch, start_it = int(ckpt["batch"]), int(ckpt["iteration"])
         resumed_from = (start_batch, start_it)
+
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - start_time
+
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         if spec.amp and device.type == "cuda"
@@ -364,7 +371,7 @@ def run_batches(
                         bar.set_postfix(postfix, refresh=False)
                     if path is not None and (it + 1) % spec.checkpoint_every == 0 and not last:
                         live = live_state(x, optimizer, state, best_images, best_loss)
-                        write_checkpoint(path, spec, labels, b, it + 1, live, done)
+                        write_checkpoint(path, spec, labels, b, it + 1, live, done, elapsed())
             except KeyboardInterrupt:
                 if path is not None:
                     if updating:
@@ -374,14 +381,14 @@ def run_batches(
                         )
                     else:
                         live = live_state(x, optimizer, state, best_images, best_loss)
-                        write_checkpoint(path, spec, labels, b, it, live, done)
+                        write_checkpoint(path, spec, labels, b, it, live, done, elapsed())
                 raise
             done_images.append(best_images.float().cpu())
             done_states.append(to_cpu(state))
             best_losses.append(float(best_loss))
             final_losses.append(float(last_loss))
             if path is not None:
-                write_checkpoint(path, spec, labels, b + 1, 0, None, done)
+                write_checkpoint(path, spec, labels, b + 1, 0, None, done, elapsed())
             ckpt = None
     finally:
         bar.close()
@@ -391,6 +398,7 @@ def run_batches(
         states=done_states,
         best_losses=best_losses,
         final_losses=final_losses,
-        seconds=time.perf_counter() - start_time,
+        seconds=elapsed(),
+        seconds_this_run=time.perf_counter() - start_time,
         resumed_from=resumed_from,
     )

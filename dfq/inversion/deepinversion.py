@@ -295,6 +295,7 @@ def deepinversion(
             "iterations": cfg.iterations,
             "jitter": jitter,
             "seconds": result.seconds,
+            "seconds_this_run": result.seconds_this_run,
             "best_loss": result.best_losses,
             "final_loss": result.final_losses,
             "resumed_from": list(result.resumed_from) if result.resumed_from else None,
