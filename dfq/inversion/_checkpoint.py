@@ -21,7 +21,16 @@ from dfq.errors import DfqError
 if TYPE_CHECKING:
     from dfq.inversion._loop import LoopSpec
 
-__all__ = ["CHECKPOINT_FORMAT", "live_state", "load_checkpoint", "restore_live", "to_cpu", "to_device", "write_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "live_state",
+    "load_checkpoint",
+    "restore_live",
+    "resume_point",
+    "to_cpu",
+    "to_device",
+    "write_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "dfq.inversion.checkpoint"
 _CHECKPOINT_VERSION = 1
@@ -80,6 +89,20 @@ def load_checkpoint(spec: LoopSpec, labels: Tensor) -> dict[str, Any] | None:
     return ckpt
 
 
+Done = tuple[list[Tensor], list[dict[str, Any]], list[float], list[float]]
+"""Finished batches: best images, method states, best losses, final losses (one entry per batch)."""
+
+
+def resume_point(ckpt: dict[str, Any] | None) -> tuple[Done, tuple[int, int], float]:
+    """What a loaded checkpoint (or None: a fresh run) restarts from: the finished batches, the next
+    ``(batch, iteration)`` and the optimisation seconds already spent."""
+    if ckpt is None:
+        return ([], [], [], []), (0, 0), 0.0
+    done = (list(ckpt["done_images"]), list(ckpt["done_states"]), list(ckpt["best_losses"]), list(ckpt["final_losses"]))
+    # "seconds" is absent from checkpoints written before the time was recorded
+    return done, (int(ckpt["batch"]), int(ckpt["iteration"])), float(ckpt.get("seconds", 0.0))
+
+
 def live_state(
     x: Tensor, optimizer: torch.optim.Optimizer, state: dict[str, Any], best: Tensor, best_loss: Tensor
 ) -> dict:
@@ -111,7 +134,7 @@ def write_checkpoint(
     batch: int,
     iteration: int,
     live: dict[str, Any] | None,
-    done: tuple[list[Tensor], list[dict[str, Any]], list[float], list[float]],
+    done: Done,
     seconds: float = 0.0,
 ) -> None:
     """Save the resumable state atomically: ``(batch, iteration)`` is the next step to run;

@@ -36,7 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from dfq.errors import DfqError
-from dfq.inversion._checkpoint import live_state, load_checkpoint, restore_live, to_cpu, write_checkpoint
+from dfq.inversion._checkpoint import (
+    live_state,
+    load_checkpoint,
+    restore_live,
+    resume_point,
+    to_cpu,
+    write_checkpoint,
+)
 
 __all__ = [
     "frozen_eval",
@@ -277,20 +284,9 @@ def run_batches(
     lo, hi = pixel_bounds(spec.mean, spec.std, device)
     num_batches = math.ceil(spec.num_images / spec.batch_size)
     ckpt = load_checkpoint(spec, labels)
-    done_images: list[Tensor] = []
-    done_states: list[dict[str, Any]] = []
-    best_losses: list[float] = []
-    final_losses: list[float] = []
-    start_batch, start_it = 0, 0
-    resumed_from = None
-    seconds_before = 0.0
-    if ckpt is not None:
-        seconds_before = float(ckpt.get("seconds", 0.0))  # absent in checkpoints before session 3
-        done_images = list(ckpt["done_images"])
-        done_states = list(ckpt["done_states"])
-        best_losses, final_losses = list(ckpt["best_losses"]), list(ckpt["final_losses"])
-        start_batch, start_it = int(ckpt["batch"]), int(ckpt["iteration"])
-        resumed_from = (start_batch, start_it)
+    done, (start_batch, start_it), seconds_before = resume_point(ckpt)
+    done_images, done_states, best_losses, final_losses = done  # appended to in place below
+    resumed_from = None if ckpt is None else (start_batch, start_it)
 
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - start_time
@@ -332,7 +328,6 @@ def run_batches(
             updating = False
             path = Path(spec.checkpoint_path) if spec.checkpoint_path is not None else None
 
-            done = (done_images, done_states, best_losses, final_losses)
             try:
                 for it in range(it0, spec.iterations):
                     if it in spec.new_optimizer_at:  # also right after a resume at the boundary
