@@ -40,15 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     if src.keep_index is not None:
         sys.exit(f"error: {args.source} already has a kept-token index")
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.checkpoint is None).eval()
-    with torch.no_grad():
-        _, attn = forward_tokens(model, src.images[:1], None, return_cls_attn=True)
-        num_patches = attn.shape[1]
-        if args.by == "attention":
+    num_patches = model.patch_embed.num_patches
+    if args.by == "attention":
+        with torch.no_grad():
             attn = torch.cat([forward_tokens(model, b, None, return_cls_attn=True)[1] for b in src.images.split(16)])
-            patches = attn.topk(args.keep, dim=1).indices
-        else:
-            g = torch.Generator().manual_seed(args.seed)
-            patches = torch.stack([torch.randperm(num_patches, generator=g)[: args.keep] for _ in range(len(src))])
+        patches = attn.topk(args.keep, dim=1).indices
+    else:
+        g = torch.Generator().manual_seed(args.seed)
+        patches = torch.stack([torch.randperm(num_patches, generator=g)[: args.keep] for _ in range(len(src))])
     keep = torch.cat([torch.zeros(len(src), 1, dtype=torch.int64), patches.sort(dim=1).values + 1], dim=1)
     provenance = dict(src.provenance, keep_subset={"source": str(args.source), "keep": args.keep, "by": args.by})
     CalibrationSet(src.images, src.labels, keep, provenance).save(args.out)
