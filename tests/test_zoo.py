@@ -100,3 +100,10 @@ def test_real_resnet_accuracy_matches_the_assets_readme(assets: Path, weights: s
     with torch.no_grad():
         hits = int((model((x - mean) / std).argmax(1) == y).sum())
     assert hits == correct, hits
+
+
+def test_real_resnet56_loads_strictly(assets: Path) -> None:
+    model = load_cifar_resnet(assets / RESNET56, 56)
+    assert model.layer3[8].bn2.running_var.abs().sum() > 0
+    with pytest.raises(DfqError):
+        load_cifar_resnet(assets / RESNET56, 20)
