@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from _assets import MODELS, default_assets, load  # noqa: E402
 
 import dfq  # noqa: E402
+from dfq.evaluation import per_image_kl  # noqa: E402
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -59,15 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             return torch.cat([m(images[i : i + 50]) for i in range(0, len(images), 50)])
 
-    log_fp = logits(model).log_softmax(-1)
+    fp = logits(model)
     results = {}
     for run in args.runs:
-        log_q = logits(dfq.load(run)).log_softmax(-1)
-        results[run.name] = (log_q.argmax(-1), (log_fp.exp() * (log_fp - log_q)).sum(-1))
+        q = logits(dfq.load(run))
+        results[run.name] = (q.argmax(-1), per_image_kl(fp, q))
     resamples = torch.randint(0, len(labels), (2000, len(labels)), generator=torch.Generator().manual_seed(0))
-    print(f"{len(labels)} images; FP top-1 {(log_fp.argmax(-1) == labels).float().mean():.4f}")
+    print(f"{len(labels)} images; FP top-1 {(fp.argmax(-1) == labels).float().mean():.4f}")
     for name, (pred, kl) in results.items():
-        agree = (pred == log_fp.argmax(-1)).float().mean()
+        agree = (pred == fp.argmax(-1)).float().mean()
         print(f"{name}: top-1 {(pred == labels).float().mean():.4f}, agreement {agree:.4f}, KL {kl.mean():.4f}")
     base = args.runs[0].name
     print(f"\n| vs {base} | top-1 Δ (95% CI) | McNemar only run / only base right, p | KL Δ (95% CI) |")

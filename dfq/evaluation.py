@@ -24,6 +24,7 @@ __all__ = [
     "TorchPredictor",
     "predict_logits",
     "classification_metrics",
+    "per_image_kl",
     "evaluate",
 ]
 
@@ -147,6 +148,17 @@ def _topk_correct(logits: Tensor, labels: Tensor, k: int) -> Tensor:
     return rank < k
 
 
+def per_image_kl(reference_logits: Tensor, logits: Tensor) -> Tensor:
+    """``KL(softmax(ref) || softmax(pred))`` of every row in nats, computed in float64.
+
+    >>> per_image_kl(torch.tensor([[0.0, 0.0], [1.0, 2.0]]), torch.tensor([[0.0, 0.0], [1.0, 2.0]])).tolist()
+    [0.0, 0.0]
+    """
+    log_p = torch.log_softmax(reference_logits.double(), dim=1)
+    log_q = torch.log_softmax(logits.double(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
 def classification_metrics(
     logits: Tensor, labels: Tensor, reference_logits: Tensor | None = None
 ) -> dict[str, Any]:
@@ -190,9 +202,7 @@ def classification_metrics(
             metrics["agreement"], metrics["kl"] = None, None
         else:
             metrics["agreement"] = (logits.argmax(1) == ref.argmax(1)).double().mean().item()
-            log_p = torch.log_softmax(ref.double(), dim=1)
-            log_q = torch.log_softmax(logits.double(), dim=1)
-            metrics["kl"] = (log_p.exp() * (log_p - log_q)).sum(1).mean().item()
+            metrics["kl"] = per_image_kl(ref, logits).mean().item()
     return metrics
 
 
