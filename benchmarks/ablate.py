@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _assets import mobilenet_model  # noqa: E402
+from _assets import batched_logits, mobilenet_model  # noqa: E402
 
 import dfq  # noqa: E402
 from dfq.config import QuantConfig, preset  # noqa: E402
@@ -130,8 +130,7 @@ def main() -> int:
     noise = dfq.invert(model, "noise", num_images=args.num_calib, seed=0).images
 
     def logits_of(m: torch.nn.Module) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.cat([m(images[i : i + 100]) for i in range(0, len(images), 100)])
+        return batched_logits(m, images, batch=100)
 
     fp = logits_of(model)
     fp_m = classification_metrics(fp, labels)

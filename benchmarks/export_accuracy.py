@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _assets import MODELS, calibration_images, default_assets, load  # noqa: E402
+from _assets import MODELS, batched_logits, calibration_images, default_assets, load  # noqa: E402
 
 from dfq.config import preset  # noqa: E402
 from dfq.evaluation import classification_metrics  # noqa: E402
@@ -38,11 +38,6 @@ from dfq.export.parity import compare_logits  # noqa: E402
 from dfq.export.runtime import ort_predictor  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
-
-
-def _logits(fn, images: torch.Tensor, batch: int = 50) -> torch.Tensor:  # noqa: ANN001
-    with torch.inference_mode():
-        return torch.cat([fn(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def _metrics(logits: torch.Tensor, labels: torch.Tensor, fp: torch.Tensor) -> dict[str, float]:
@@ -67,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         model, cfg, images, labels = load(name, args.assets, args.eval_images)
         calib = calibration_images(name, args.assets, cfg, images, 64 if name.startswith("resnet") else 32)
-        fp = _logits(model, images)
+        fp = batched_logits(model, images)
         fp_top1 = classification_metrics(fp, labels)["top1"]
         print(f"{name}: FP top-1 {fp_top1:.4f} on {len(labels)} images", flush=True)
         for scheme in args.schemes:
@@ -78,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             path = export_onnx(q, tmp / f"{name}-{scheme}.onnx", input_shape=tuple(cfg["input_size"]))
             findings = check_onnx(path)
-            fq = _logits(q, images)
-            ort = _logits(ort_predictor(path, threads=args.threads), images)
-            ort_plain = _logits(ort_predictor(path, threads=args.threads, optimize=False), images)
+            fq = batched_logits(q, images)
+            ort = batched_logits(ort_predictor(path, threads=args.threads), images)
+            ort_plain = batched_logits(ort_predictor(path, threads=args.threads, optimize=False), images)
             gap = compare_logits(fq, ort)
             q64 = copy.deepcopy(q).double()  # the same fake-quant model, only the float precision changed
-            fq64 = _logits(lambda b, m=q64: m(b.double()).float(), images)
+            fq64 = batched_logits(lambda b, m=q64: m(b.double()).float(), images)
             errors = [f for f in findings if f.severity == "error"]
             row = {
                 "model": name,

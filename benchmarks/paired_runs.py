@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _assets import MODELS, default_assets, load  # noqa: E402
+from _assets import MODELS, batched_logits, default_assets, load  # noqa: E402
 
 import dfq  # noqa: E402
 from dfq.evaluation import per_image_kl  # noqa: E402
@@ -56,14 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, _, images, labels = load(args.model, args.assets, args.eval_images)
 
-    def logits(m: torch.nn.Module) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.cat([m(images[i : i + 50]) for i in range(0, len(images), 50)])
-
-    fp = logits(model)
+    fp = batched_logits(model, images)
     results = {}
     for run in args.runs:
-        q = logits(dfq.load(run))
+        q = batched_logits(dfq.load(run), images)
         results[run.name] = (q.argmax(-1), per_image_kl(fp, q))
     resamples = torch.randint(0, len(labels), (2000, len(labels)), generator=torch.Generator().manual_seed(0))
     print(f"{len(labels)} images; FP top-1 {(fp.argmax(-1) == labels).float().mean():.4f}")
