@@ -1,0 +1,160 @@
+"""How much calibration quality depends on *which* images a set holds: KL over random subsets of each set.
+
+``paired_runs.py`` gives intervals over the evaluation images for one fixed calibration set each. Two
+calibration methods are compared fairly only if their gap also exceeds what another draw of images from
+the same method would change. With one inversion per method (an inversion costs hours here), this script
+estimates that spread from the sets at hand: for every source it calibrates on ``--draws`` random subsets
+of ``--subset`` images (without replacement, the same index draws for every source) and on the whole set,
+evaluates each on the same images and prints top-1, agreement and KL per draw, their mean and spread,
+each source's mean KL difference to the first source over the same draws, and the activation sites
+whose whole-set range differs most from the first source's.
+
+    python benchmarks/calib_variance.py --model deit_tiny --subset 16 --draws 8 \
+        di=runs/sets/di-dt-32 smi=runs/sets/smi-dt-32 smi-s1=runs/sets/smi-dt-32-s1 \
+        smi-dense=runs/sets/smi-dt-32:dense real=real
+
+A source is ``NAME=DIR`` (a calibration set; ``DIR:dense`` forwards every token of a sparse set) or
+``NAME=real`` (the seed-0 draw of real images that ``dfq calibrate --calib-folder`` makes, as many as
+the smallest set holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from _assets import MODELS, batched_logits, calibration_images, default_assets, load  # noqa: E402
+
+from dfq.config import preset  # noqa: E402
+from dfq.data import CalibrationSet  # noqa: E402
+from dfq.evaluation import classification_metrics, per_image_kl  # noqa: E402
+from dfq.pipeline import calibration_forward_loop  # noqa: E402
+from dfq.quant.calibrate import activation_quantizers, calibrate  # noqa: E402
+from dfq.quant.transform import quantize_  # noqa: E402
+
+
+def subset(calib: CalibrationSet, index: torch.Tensor) -> CalibrationSet:
+    keep = None if calib.keep_index is None else calib.keep_index[index]
+    labels = None if calib.labels is None else calib.labels[index]
+    return CalibrationSet(calib.images[index], labels, keep, calib.provenance)
+
+
+def site_ranges(q: torch.nn.Module) -> dict[str, float]:
+    """Largest magnitude of every calibrated activation range, by quantizer name."""
+    names = {id(m): n.removesuffix("_quantizer") for n, m in q.named_modules()}
+    return {names[id(a)]: max(-float(a.lo.min()), float(a.hi.max())) for a in activation_quantizers(q)}
+
+
+def print_range_ratios(ranges: dict[str, dict[str, float]], threshold: float) -> None:
+    base, *others = ranges
+    print(f"\nActivation ranges (whole sets) relative to {base}'s, sites where a source is off by > {threshold:.2f}x:")
+    print(f"{'site':32s} {base:>10s} " + " ".join(f"{n:>12s}" for n in others))
+    for site, ref in ranges[base].items():
+        ratios = [ranges[n][site] / ref for n in others]
+        if any(r > threshold or r < 1 / threshold for r in ratios):
+            print(f"{site:32s} {ref:10.3g} " + " ".join(f"{r:11.2f}x" for r in ratios))
+
+
+def parse_sources(specs: list[str]) -> list[tuple[str, str, bool]]:
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            sys.exit(f"error: source {spec!r} is not NAME=DIR, NAME=DIR:dense or NAME=real")
+        dense = path.endswith(":dense")
+        out.append((name, path.removesuffix(":dense"), dense))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sources", nargs="+", help="NAME=DIR[:dense] or NAME=real; the first is the baseline")
+    ap.add_argument("--model", choices=MODELS, default="deit_tiny")
+    ap.add_argument("--assets", type=Path, default=default_assets())
+    ap.add_argument("--scheme", default="w8a8")
+    ap.add_argument("--numerics", default="trt")
+    ap.add_argument("--subset", type=int, default=16, help="images per draw")
+    ap.add_argument("--draws", type=int, default=8)
+    ap.add_argument("--eval-images", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", type=Path, help="also write every row here")
+    ap.add_argument("--range-threshold", type=float, default=1.25,
+                    help="list activation sites whose whole-set range differs from the baseline's by more than this")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sources = parse_sources(args.sources)
+
+    model, cfg, images, labels = load(args.model, args.assets, args.eval_images)
+    sets: dict[str, CalibrationSet] = {}
+    for name, path, dense in sources:
+        if path != "real":
+            s = CalibrationSet.load(path)
+            sets[name] = CalibrationSet(s.images, s.labels, None if dense else s.keep_index, s.provenance)
+    pool = min((len(s) for s in sets.values()), default=32)
+    for name, path, _ in sources:
+        if path == "real":
+            sets[name] = CalibrationSet(calibration_images(args.model, args.assets, cfg, images, pool))
+    smallest = min(len(s) for s in sets.values())
+    if not 1 <= args.subset <= smallest:
+        sys.exit(f"error: --subset must be between 1 and the smallest set's {smallest} images")
+
+    qcfg = preset(args.scheme, args.numerics)
+    fp = batched_logits(model, images)
+    fp_m = classification_metrics(fp, labels)
+    print(f"{len(labels)} images; FP top-1 {fp_m['top1']:.4f}; {args.scheme}-{args.numerics}; "
+          f"{args.draws} draws of {args.subset} images per source")
+    g = torch.Generator().manual_seed(0)
+    draws = [torch.randperm(smallest, generator=g)[: args.subset] for _ in range(args.draws)]
+
+    rows, kl_rows, ranges = [], {}, {}
+    for name, _, _ in sources:
+        calib = sets[name]
+        per_draw = []
+        for d, index in enumerate([None, *draws]):
+            t0 = time.perf_counter()
+            part = calib if index is None else subset(calib, index)
+            q = quantize_(copy.deepcopy(model), qcfg)
+            calibrate(q, calibration_forward_loop(part, 32, "cpu", progress=False))
+            if index is None:
+                ranges[name] = site_ranges(q)
+            logits = batched_logits(q, images)
+            m = classification_metrics(logits, labels, reference_logits=fp)
+            row = {"source": name, "draw": "all" if index is None else d - 1, "images": len(part),
+                   "top1": m["top1"], "agreement": m["agreement"], "kl": m["kl"]}
+            rows.append(row)
+            if index is not None:
+                per_draw.append(per_image_kl(fp, logits).mean().item())
+            print(f"{name:12s} {row['draw']!s:>4s} n={len(part):3d} top-1 {m['top1']:.4f} "
+                  f"agree {m['agreement']:.4f} KL {m['kl']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        kl_rows[name] = per_draw
+
+    base = sources[0][0]
+    print(f"\n| source | KL all images | KL over {args.draws} draws of {args.subset}: mean ± sd (min–max) "
+          f"| mean KL − {base}, draws paired: mean (min–max) |")
+    print("|---|---|---|---|")
+    for name, _, _ in sources:
+        kls = kl_rows[name]
+        full = next(r["kl"] for r in rows if r["source"] == name and r["draw"] == "all")
+        diffs = [a - b for a, b in zip(kls, kl_rows[base], strict=True)]
+        sd = statistics.stdev(kls) if len(kls) > 1 else 0.0
+        diff = "—" if name == base else f"{statistics.mean(diffs):+.4f} ({min(diffs):+.4f}…{max(diffs):+.4f})"
+        print(f"| {name} | {full:.4f} | {statistics.mean(kls):.4f} ± {sd:.4f} ({min(kls):.4f}–{max(kls):.4f}) "
+              f"| {diff} |")
+    print_range_ratios(ranges, args.range_threshold)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"assets": str(args.assets), "json": str(args.json)},
+                                         "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
