@@ -36,7 +36,7 @@ from _assets import MODELS, batched_logits, calibration_images, default_assets, 
 
 from dfq.config import preset  # noqa: E402
 from dfq.data import CalibrationSet  # noqa: E402
-from dfq.evaluation import classification_metrics, per_image_kl  # noqa: E402
+from dfq.evaluation import classification_metrics  # noqa: E402
 from dfq.pipeline import calibration_forward_loop  # noqa: E402
 from dfq.quant.calibrate import activation_quantizers, calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
@@ -94,16 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     sources = parse_sources(args.sources)
 
     model, cfg, images, labels = load(args.model, args.assets, args.eval_images)
-    sets: dict[str, CalibrationSet] = {}
-    for name, path, dense in sources:
-        if path != "real":
-            s = CalibrationSet.load(path)
-            sets[name] = CalibrationSet(s.images, s.labels, None if dense else s.keep_index, s.provenance)
-    pool = min((len(s) for s in sets.values()), default=32)
+    sets = {name: CalibrationSet.load(path) for name, path, _ in sources if path != "real"}
+    smallest = min((len(s) for s in sets.values()), default=32)
     for name, path, _ in sources:
         if path == "real":
-            sets[name] = CalibrationSet(calibration_images(args.model, args.assets, cfg, images, pool))
-    smallest = min(len(s) for s in sets.values())
+            sets[name] = CalibrationSet(calibration_images(args.model, args.assets, cfg, images, smallest))
     if not 1 <= args.subset <= smallest:
         sys.exit(f"error: --subset must be between 1 and the smallest set's {smallest} images")
 
@@ -116,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     draws = [torch.randperm(smallest, generator=g)[: args.subset] for _ in range(args.draws)]
 
     rows, kl_rows, ranges = [], {}, {}
-    for name, _, _ in sources:
+    for name, _, dense in sources:
         calib = sets[name]
         per_draw = []
         for d, index in enumerate([None, *draws]):
             t0 = time.perf_counter()
             part = calib if index is None else subset(calib, index)
             q = quantize_(copy.deepcopy(model), qcfg)
-            calibrate(q, calibration_forward_loop(part, 32, "cpu", progress=False))
+            calibrate(q, calibration_forward_loop(part, 32, "cpu", progress=False, dense=dense))
             if index is None:
                 ranges[name] = site_ranges(q)
             logits = batched_logits(q, images)
@@ -132,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                    "top1": m["top1"], "agreement": m["agreement"], "kl": m["kl"]}
             rows.append(row)
             if index is not None:
-                per_draw.append(per_image_kl(fp, logits).mean().item())
+                per_draw.append(m["kl"])
             print(f"{name:12s} {row['draw']!s:>4s} n={len(part):3d} top-1 {m['top1']:.4f} "
                   f"agree {m['agreement']:.4f} KL {m['kl']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         kl_rows[name] = per_draw
