@@ -9,6 +9,9 @@ This module owns inference on deployment artifacts (spec: DEPLOYMENT.md §c, ORT
 * :class:`TrtPredictor` -- a serialized TensorRT plan run with torch CUDA tensors
   (``set_tensor_address`` + ``execute_async_v3`` on the current torch stream); tensorrt is
   imported lazily and its absence is a one-line :class:`dfq.errors.DfqError`.
+
+The TensorRT names used here are checked against the real 10.x/11.x bindings by
+``benchmarks/trt_api_check.py`` (names only: this code has never run against TensorRT).
 """
 
 from __future__ import annotations
@@ -121,13 +124,16 @@ def ort_predictor(
     return pred
 
 
-_TORCH_DTYPES = {
-    "FLOAT": torch.float32,
-    "HALF": torch.float16,
-    "BF16": torch.bfloat16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-}
+def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
+    """``trt.DataType`` member -> torch dtype, for the engine I/O dtypes dfq feeds and reads."""
+    dt = trt.DataType
+    return {
+        dt.FLOAT: torch.float32,
+        dt.HALF: torch.float16,
+        dt.BF16: torch.bfloat16,
+        dt.INT32: torch.int32,
+        dt.INT64: torch.int64,
+    }
 
 
 class TrtPredictor:
@@ -146,6 +152,7 @@ class TrtPredictor:
         if not torch.cuda.is_available():
             raise DfqError("TensorRT needs a CUDA GPU, and torch sees none")
         self.device = torch.device("cuda", device)
+        self._dtypes = _torch_dtypes(trt)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
@@ -161,7 +168,10 @@ class TrtPredictor:
             )
 
     def _dtype(self, name: str) -> torch.dtype:
-        return _TORCH_DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1]]
+        dtype = self.engine.get_tensor_dtype(name)
+        if dtype not in self._dtypes:
+            raise DfqError(f"engine tensor {name!r} has dtype {dtype}, which TrtPredictor does not feed or read")
+        return self._dtypes[dtype]
 
     def run_cuda(self, x: Tensor) -> Tensor:
         """Run on a CUDA tensor; returns the CUDA output (no host copy)."""

@@ -12,9 +12,11 @@ major versions, so the build is the same apart from the network flags:
 The ``fp16`` argument therefore does not set a builder flag; it only checks the ONNX (an FP32 remainder
 runs in FP32 under strong typing -- export with ``fp16_remainder=True`` to get FP16 layers) and warns.
 A timing cache file is read before and written after each build (``create_timing_cache`` /
-``set_timing_cache`` / ``serialize``), so repeated builds skip kernel timing. Where
-``IEngineInspector`` exists, a per-layer precision report is written next to the plan.
-tensorrt is imported lazily; its absence is a one-line :class:`dfq.errors.DfqError`.
+``set_timing_cache`` / ``serialize``), so repeated builds skip kernel timing, and a per-layer
+precision report from ``IEngineInspector`` is written next to the plan.
+tensorrt is imported lazily; its absence is a one-line :class:`dfq.errors.DfqError`. Every TensorRT
+name used here exists in the bindings of 10.0.1, 10.16 and 11.4 (``benchmarks/trt_api_check.py``,
+names only: the build has never run).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def build_engine(
         max_batch: largest batch of the optimization profile (opt = 8 or ``max_batch``).
 
     Returns:
-        ``plan_path``; a per-layer report ``<plan>.layers.json`` is written when the inspector exists.
+        ``plan_path``; a per-layer report ``<plan>.layers.json`` is written beside it.
 
     Raises:
         DfqError: tensorrt missing, ONNX parse errors (listed), or a failed build.
@@ -99,8 +101,7 @@ def build_engine(
         raise DfqError(f"TensorRT cannot parse {onnx_path}: " + " | ".join(errors[:5]))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if hasattr(trt, "ProfilingVerbosity"):
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names and precisions in the report
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         inp = network.get_input(i)
@@ -131,10 +132,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def layer_report(trt: Any, plan: bytes, logger: Any) -> dict[str, Any] | None:
-    """Per-layer information (precisions, tactics) via ``IEngineInspector``; None where unavailable."""
+    """Per-layer information (precisions, tactics) via ``IEngineInspector``; None when the plan does not load."""
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None or not hasattr(engine, "create_engine_inspector"):
+    if engine is None:
         return None
     inspector = engine.create_engine_inspector()
     info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))

@@ -10,6 +10,9 @@ minor*100 + patch before), then one ``tensor_name: <8 hex digits>`` line per ten
 IEEE-754 float32 *scale* (amax/127). Keys are ONNX tensor names: dfq uses the float activation
 tensors that enter the Q/DQ pairs, and :func:`strip_qdq` writes the matching float ONNX for the
 implicit build (same tensor names, weights dequantized).
+
+The calibrator's TensorRT names (base classes and the callbacks TensorRT calls) exist in the 10.0.1 and
+10.16 bindings and not in 11.4's (``benchmarks/trt_api_check.py``); the class has never run.
 """
 
 from __future__ import annotations
