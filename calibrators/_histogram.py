@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dfq.errors import DfqError
+
 __all__ = ["GrowingHistogram", "channel_rows", "finish_range", "not_collected"]
 
 
@@ -101,7 +103,7 @@ class GrowingHistogram:
         """Count the values of ``x``, widening the range (and re-binning) if they exceed it.
 
         Raises:
-            ValueError: ``x`` holds inf or NaN.
+            DfqError: ``x`` holds inf or NaN (a ValueError).
         """
         x = x.detach().float().flatten()
         if x.numel() == 0:
@@ -110,7 +112,8 @@ class GrowingHistogram:
             x = x.abs()
         lo, hi = torch.stack(torch.aminmax(x)).tolist()
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError("cannot calibrate on a tensor holding inf or NaN")
+            # bad data, not a bug: a DfqError (a ValueError) reaches the user as one line
+            raise DfqError("cannot calibrate on a tensor holding inf or NaN: the model gives non-finite activations")
         new_lo = min(self.lo, 0.0 if self.absolute else lo)
         new_hi = max(self.hi, hi)
         if new_lo == new_hi:  # still a single value: nothing to bin yet

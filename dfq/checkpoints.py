@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from dfq.errors import DfqError
 
-__all__ = ["checkpoint_sha256", "load_checkpoint_state", "load_state_into"]
+__all__ = ["checkpoint_sha256", "load_checkpoint_state", "load_state_into", "nonfinite_names", "check_finite", "weights_sha256"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
@@ -49,6 +49,49 @@ def checkpoint_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity.
+
+    >>> nonfinite_names([("a", torch.ones(2)), ("b", torch.tensor([1.0, float("inf")])), ("c", torch.arange(3))])
+    ['b']
+    """
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
+    """Refuse tensors holding NaN or infinity (a model would score garbage and export nonsense ranges).
+
+    Args:
+        named: ``(name, tensor)`` pairs, e.g. ``state.items()`` or ``model.named_parameters()``.
+        what: what the tensors are, for the message (e.g. ``"checkpoint w.pth"``).
+
+    Raises:
+        DfqError: some tensor is not finite; the message counts them and names the first three.
+    """
+    bad = nonfinite_names(named)
+    if bad:
+        more = f", … +{len(bad) - 3}" if len(bad) > 3 else ""
+        raise DfqError(
+            f"{what} holds NaN or infinite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}{more}); "
+            "a model with non-finite weights cannot be quantized or evaluated"
+        )
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state: every entry's name, dtype, shape and bytes, in state_dict order.
+
+    The identity of the weights themselves, whatever file (or none) they came from; used to refuse
+    resuming an inversion with other weights. One pass over the weights (about a second for DeiT-Base
+    on a CPU).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state_dict from a local checkpoint file onto the CPU.
 
@@ -65,7 +108,7 @@ def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
         The state_dict, parameter name → tensor.
 
     Raises:
-        DfqError: The file is missing, corrupt, or holds no state_dict.
+        DfqError: The file is missing, corrupt, holds no state_dict or non-finite values.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,7 +129,9 @@ def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
             f"cannot read checkpoint {path} ({reason}); pass an intact state_dict file "
             "(torch.save(model.state_dict(), ...) or .safetensors)"
         ) from e
-    return _as_state_dict(obj, path)
+    state = _as_state_dict(obj, path)
+    check_finite(state.items(), f"checkpoint {path}")
+    return state
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -44,8 +44,12 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
         if key in report:
             r = report[key]
             click.echo(f"{key:>6}: top-1 {_pct(r.get('top1'))}  top-5 {_pct(r.get('top5'))}")
+            if r.get("num_nonfinite"):
+                click.echo(f"warning: {key} gave NaN/inf logits on {r['num_nonfinite']} of "
+                           f"{report.get('num_eval_images')} images (counted wrong)", err=True)
     if "agreement" in report:
-        click.echo(f"agreement with FP: {_pct(report['agreement'])}   KL(FP||quant): {report['kl']:.4f}")
+        kl = "undefined (non-finite logits)" if report["kl"] is None else f"{report['kl']:.4f}"
+        click.echo(f"agreement with FP: {_pct(report['agreement'])}   KL(FP||quant): {kl}")
 
 
 def _pct(v: float | None) -> str:

@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from dfq.checkpoints import check_finite
 from dfq.errors import DfqError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp"})
@@ -312,6 +313,7 @@ class CalibrationSet:
             raise DfqError(f"{tensor_path.name} and {meta_path.name} in {directory} come from different saves; save again")
         if {k: list(v.shape) for k, v in tensors.items()} != meta.get("shapes"):
             raise DfqError(f"tensor shapes in {tensor_path} disagree with {meta_path}; re-create the calibration set")
+        check_finite(tensors.items(), f"calibration set {tensor_path}")
         try:
             return cls(
                 images=tensors["images"],
@@ -321,6 +323,17 @@ class CalibrationSet:
             )
         except (KeyError, ValueError) as e:
             raise DfqError(f"invalid calibration set in {directory} ({e}); re-create it") from e
+
+
+def is_calibration_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding a set written by :meth:`CalibrationSet.save`
+    (its ``calibration.json`` names the dfq format; the tensors are not read)."""
+    meta_path = Path(path) / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == _FORMAT
 
 
 def _atomic_write(final: Path, write: Callable[[Path], Any]) -> None:

@@ -171,11 +171,18 @@ def classification_metrics(
         reference_logits: ``(N, C)`` logits of the reference (e.g. the FP model) on the same images.
 
     Returns:
-        ``top1``, ``top5`` (fractions in [0, 1], None without labelled samples), ``num_images`` and
-        ``num_labelled``; with a reference also ``agreement`` (fraction of images whose argmax
-        equals the reference argmax) and ``kl``, the mean over images of
-        ``KL(softmax(ref) || softmax(pred))`` in nats, computed in float64 (None for no images).
-        Ties in top-k are broken towards the lower class index.
+        ``top1``, ``top5`` (fractions in [0, 1], None without labelled samples), ``num_images``,
+        ``num_labelled`` and ``num_nonfinite`` (images whose logits hold a NaN or an infinity: they
+        count as wrong); with a reference also ``agreement`` (fraction of images whose argmax
+        equals the reference argmax, both rows finite) and ``kl``, the mean over images of
+        ``KL(softmax(ref) || softmax(pred))`` in nats, computed in float64 (None for no images, or
+        when any row of either side is not finite). Ties in top-k are broken towards the lower class
+        index.
+
+    >>> nan = float("nan")
+    >>> m = classification_metrics(torch.tensor([[nan, nan], [0.0, 1.0]]), torch.tensor([0, 1]))
+    >>> m["top1"], m["num_nonfinite"]
+    (0.5, 1)
 
     Raises:
         ValueError: mismatched shapes or labels out of range.
@@ -189,20 +196,29 @@ def classification_metrics(
         raise ValueError(f"label {int(labels.max())} out of range for {logits.shape[1]} classes")
     labelled = labels >= 0
     num_labelled = int(labelled.sum())
-    metrics: dict[str, Any] = {"top1": None, "top5": None, "num_images": num, "num_labelled": num_labelled}
+    finite = torch.isfinite(logits).all(1)
+    metrics: dict[str, Any] = {
+        "top1": None,
+        "top5": None,
+        "num_images": num,
+        "num_labelled": num_labelled,
+        "num_nonfinite": int((~finite).sum()),
+    }
     if num_labelled:
-        lg, lb = logits[labelled].double(), labels[labelled]
-        metrics["top1"] = _topk_correct(lg, lb, 1).double().mean().item()
-        metrics["top5"] = _topk_correct(lg, lb, 5).double().mean().item()
+        lg, lb, ok = logits[labelled].double(), labels[labelled], finite[labelled]
+        metrics["top1"] = (_topk_correct(lg, lb, 1) & ok).double().mean().item()
+        metrics["top5"] = (_topk_correct(lg, lb, 5) & ok).double().mean().item()
     if reference_logits is not None:
         ref = reference_logits.detach().cpu()
         if ref.shape != logits.shape:
             raise ValueError(f"reference logits {tuple(ref.shape)} do not match logits {tuple(logits.shape)}")
+        both = finite & torch.isfinite(ref).all(1)
         if num == 0:
             metrics["agreement"], metrics["kl"] = None, None
         else:
-            metrics["agreement"] = (logits.argmax(1) == ref.argmax(1)).double().mean().item()
-            metrics["kl"] = per_image_kl(ref, logits).mean().item()
+            metrics["agreement"] = ((logits.argmax(1) == ref.argmax(1)) & both).double().mean().item()
+            # KL is undefined when either side of any image is not finite: None, never a number that looks fine
+            metrics["kl"] = per_image_kl(ref, logits).mean().item() if bool(both.all()) else None
     return metrics
 
 
@@ -225,8 +241,9 @@ def evaluate(
         progress: show a tqdm progress bar.
 
     Returns:
-        ``{"top1", "top5", "num_images", "num_labelled"}``, plus with a reference ``"agreement"``,
-        ``"kl"`` and ``"reference": {"top1", "top5"}``. See :func:`classification_metrics`.
+        ``{"top1", "top5", "num_images", "num_labelled", "num_nonfinite"}``, plus with a reference
+        ``"agreement"``, ``"kl"`` and ``"reference": {"top1", "top5", "num_nonfinite"}``. See
+        :func:`classification_metrics`.
     """
     predictors = [_as_predictor(predictor)]
     if reference is not None:
@@ -236,5 +253,5 @@ def evaluate(
         return classification_metrics(outputs[0], labels)
     metrics = classification_metrics(outputs[0], labels, reference_logits=outputs[1])
     ref_metrics = classification_metrics(outputs[1], labels)
-    metrics["reference"] = {"top1": ref_metrics["top1"], "top5": ref_metrics["top5"]}
+    metrics["reference"] = {k: ref_metrics[k] for k in ("top1", "top5", "num_nonfinite")}
     return metrics

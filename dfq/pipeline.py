@@ -245,7 +245,7 @@ def _evaluate_pair(job: CalibrationJob, fp: nn.Module, quant: nn.Module, cfg: di
     m = evaluate(TorchPredictor(quant, device), loader, reference=TorchPredictor(fp, device), progress=job.progress)
     return {
         "fp": m["reference"],
-        "quant": {"top1": m["top1"], "top5": m["top5"]},
+        "quant": {"top1": m["top1"], "top5": m["top5"], "num_nonfinite": m["num_nonfinite"]},
         "agreement": m["agreement"],
         "kl": m["kl"],
         "num_eval_images": m["num_images"],
@@ -328,13 +328,14 @@ def evaluate_folder(
     loader = make_loader(dataset, batch_size=batch_size)
     if run is None:
         m = evaluate(TorchPredictor(net, dev), loader, progress=progress)
-        return {"model": model, "fp": {"top1": m["top1"], "top5": m["top5"]}, "num_eval_images": m["num_images"]}
+        fp = {"top1": m["top1"], "top5": m["top5"], "num_nonfinite": m["num_nonfinite"]}
+        return {"model": model, "fp": fp, "num_eval_images": m["num_images"]}
     m = evaluate(_backend_predictor(run, backend, net, dev), loader, reference=_FloatView(net, dev), progress=progress)
     return {
         "run": str(run),
         "backend": backend,
         "fp": m["reference"],
-        "quant": {"top1": m["top1"], "top5": m["top5"]},
+        "quant": {"top1": m["top1"], "top5": m["top5"], "num_nonfinite": m["num_nonfinite"]},
         "agreement": m["agreement"],
         "kl": m["kl"],
         "num_eval_images": m["num_images"],

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfq.checkpoints import check_finite
 from dfq.config import QuantConfig
 from dfq.errors import DfqError
 
@@ -37,6 +38,8 @@ __all__ = [
     "REPORT_MD",
     "CALIBRATION_DIR",
     "run_directory",
+    "check_output",
+    "is_run_dir",
     "write_json",
     "save_quant_state",
     "read_recipe",
@@ -66,16 +69,57 @@ def versions() -> dict[str, str]:
     }
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory written by dfq (its ``recipe.json`` has a quant config and
+    the dfq version)."""
+    try:
+        recipe = json.loads((Path(path) / RECIPE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recipe, dict) and "quant" in recipe and "dfq" in (recipe.get("versions") or {})
+
+
+def check_output(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse an output path that exists, unless ``overwrite`` and it is a directory dfq wrote.
+
+    ``--force`` replaces only a dfq run (:func:`is_run_dir`) or calibration set
+    (:func:`dfq.data.is_calibration_dir`): never a file, a folder of the user's, the current
+    directory or one above it.
+
+    Raises:
+        DfqError: the path may not be written; the message says why in one line.
+    """
+    from dfq.data import is_calibration_dir
+
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise DfqError(f"output {out} already exists; choose another --out or pass --force")
+    if not out.is_dir():
+        raise DfqError(f"--force replaces only a dfq run or calibration set, and {out} is a file; choose another --out")
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise DfqError(f"--out {out} is the current directory or one above it; name a new directory")
+    if not (is_run_dir(out) or is_calibration_dir(out)):
+        raise DfqError(
+            f"--force replaces only a dfq run or calibration set, and {out} is neither "
+            f"(no dfq {RECIPE} or calibration.json); choose another --out"
+        )
+
+
 @contextmanager
 def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` when the block succeeds.
 
+    An existing ``out`` is replaced only when ``overwrite`` and it is a dfq run or set
+    (:func:`check_output`); it stays untouched until the new one is complete.
+
     Raises:
-        DfqError: ``out`` exists and ``overwrite`` is False, or its parent cannot be created.
+        DfqError: ``out`` may not be written (see :func:`check_output`), or its parent cannot be created.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise DfqError(f"run directory {out} already exists; choose another --out or pass --force")
+    check_output(out, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -143,6 +187,7 @@ def load(run: str | Path, model: nn.Module | None = None, device: str | torch.de
     except Exception as e:  # corrupt file: pickle/zip errors of many kinds
         raise DfqError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     recipe = blob["recipe"]
+    check_finite(blob["state_dict"].items(), f"{path}")
     if model is None:
         name = recipe["model"].get("name")
         if recipe["model"].get("source") != "timm" or not name:
@@ -183,6 +228,11 @@ def write_report(run: Path, report: Mapping[str, Any]) -> None:
             f"- top-1 agreement with FP: {_fmt(report.get('agreement'))}",
             f"- mean KL(FP ‖ quant): {_fmt(report.get('kl'))}",
             f"- eval images: {report.get('num_eval_images')}",
+        ]
+        lines += [
+            f"- **{key} gave NaN/inf logits on {report[key]['num_nonfinite']} images** (counted wrong; KL undefined)"
+            for key in ("fp", "quant")
+            if report[key].get("num_nonfinite")
         ]
     q = report.get("quant_config", {})
     cal = report.get("calibration", {})

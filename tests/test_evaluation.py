@@ -135,7 +135,7 @@ def test_evaluate_module_over_dataloader() -> None:
     ref_top1, ref_top5 = _expected(ref, labels)
     assert result["num_images"] == 10 and result["num_labelled"] == 6
     assert result["top1"] == pytest.approx(top1) and result["top5"] == pytest.approx(top5)
-    assert result["reference"] == {"top1": pytest.approx(ref_top1), "top5": pytest.approx(ref_top5)}
+    assert result["reference"] == {"top1": pytest.approx(ref_top1), "top5": pytest.approx(ref_top5), "num_nonfinite": 0}
     assert result["agreement"] == pytest.approx((out.argmax(1) == ref.argmax(1)).double().mean().item())
     assert result["kl"] == pytest.approx(_np_kl(ref.numpy(), out.numpy()), rel=1e-5)
 
@@ -169,3 +169,26 @@ def test_evaluate_single_pass_over_one_shot_iterator() -> None:
 def test_evaluate_empty_loader() -> None:
     result = evaluate(lambda x: x, [], progress=False)
     assert result["num_images"] == 0 and result["top1"] is None
+
+
+def test_nonfinite_logits_count_as_wrong_and_are_reported() -> None:
+    """Regression: NaN logits once scored top-1 = top-5 = 100% (every comparison with NaN is false)."""
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[nan, nan, nan], [inf, 0.0, 0.0], [0.0, 2.0, 1.0], [3.0, 1.0, 2.0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    m = classification_metrics(logits, labels)
+    # rows 0 and 1 are non-finite, hence wrong; row 2 right at top-1; row 3 right at top-5 only
+    assert m["num_nonfinite"] == 2
+    assert m["top1"] == 0.25 and m["top5"] == 0.5
+    ref = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 1.0], [3.0, 1.0, 2.0]])
+    m = classification_metrics(logits, labels, reference_logits=ref)
+    assert m["agreement"] == 0.5  # the finite rows agree, the non-finite ones never do
+    assert m["kl"] is None  # undefined, not a number that looks fine
+    all_nan = torch.full((4, 3), nan)
+    m = classification_metrics(all_nan, labels, reference_logits=ref)
+    assert m["top1"] == 0.0 and m["top5"] == 0.0 and m["agreement"] == 0.0 and m["num_nonfinite"] == 4
+    # a non-finite reference also leaves KL undefined, and its own count is reported by evaluate()
+    assert classification_metrics(ref, labels, reference_logits=all_nan)["kl"] is None
+    loader = [(torch.zeros(4, 1), labels)]
+    out = evaluate(lambda x: all_nan, loader, reference=lambda x: ref, progress=False)
+    assert out["num_nonfinite"] == 4 and out["reference"]["num_nonfinite"] == 0 and out["top1"] == 0.0

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from dfq.checkpoints import nonfinite_names
+from dfq.errors import DfqError
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer
 
@@ -50,6 +52,7 @@ def calibration_mode(model: nn.Module) -> Iterator[nn.Module]:
     Raises:
         ValueError: the model has neither activation quantizers nor bias correction (call ``quantize_``).
         RuntimeError: after the block, some quantizers saw no data (their names are listed).
+        DfqError: after the block, some range is NaN or infinite (the activations were not finite).
     """
     acts = activation_quantizers(model)
     weights = weight_quantizers(model)
@@ -81,14 +84,23 @@ def calibration_mode(model: nn.Module) -> Iterator[nn.Module]:
         layer.finish_bias_correction()
     names = {id(m): n for n, m in model.named_modules()}
     missing: list[str] = []
+    nonfinite: list[str] = []
     for q in acts:
         try:
             q.finish_calibration()
         except RuntimeError:
             missing.append(names.get(id(q), q.site))
+        else:
+            if nonfinite_names([("lo", q.lo), ("hi", q.hi)]):
+                nonfinite.append(names.get(id(q), q.site))
         q.mode = "quantize"
     if missing:
         raise RuntimeError(f"{len(missing)} quantizer(s) saw no calibration data: {', '.join(missing[:8])}")
+    if nonfinite:
+        raise DfqError(
+            f"calibration gave {len(nonfinite)} quantizer(s) a NaN or infinite range ({', '.join(nonfinite[:3])}): "
+            "the model produces non-finite activations on the calibration data"
+        )
 
 
 def calibrate(model: nn.Module, forward_loop: ForwardLoop) -> nn.Module:

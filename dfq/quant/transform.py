@@ -24,6 +24,7 @@ from collections.abc import Callable
 from torch import nn
 from torch.nn.utils import parametrize
 
+from dfq.checkpoints import check_finite
 from dfq.config import QuantConfig
 from dfq.models import is_cls_vit, model_family
 from dfq.quant.modules import QuantAttention, QuantBlock, QuantLayer, quantizers
@@ -48,9 +49,11 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
 
     Raises:
         ValueError: the model is already quantized, or its ViT blocks are of an unsupported kind.
+        DfqError: a weight or buffer of the model holds NaN or infinity.
     """
     if quantizers(model):
         raise ValueError("model is already quantized (it contains FakeQuantizer modules)")
+    check_finite(model.state_dict().items(), f"model {type(model).__name__}")
     keep = filter_fn or (lambda _m, _n: True)
     if is_cls_vit(model):
         _quantize_vit(model, config, keep)
