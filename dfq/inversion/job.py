@@ -92,21 +92,21 @@ def run_inversion(job: InversionJob, model: nn.Module | None = None) -> Calibrat
     """
     from dfq.models import data_config, load_model, model_family
     from dfq.preview import model_patch_size, save_preview
-    from dfq.runs import run_directory, versions
+    from dfq.runs import check_output, run_directory, versions
 
     entry = get_inverter(job.method)
     if job.num_images < 1:
         raise DfqError("--num-images must be at least 1")
     settings = parse_overrides(entry.config_cls, job.settings)
-    ckpt = Path(f"{job.out.rstrip('/')}.ckpt")
+    ckpt: Path | None = None  # this run's checkpoint file, removed once the set is written
     if "checkpoint_path" in {f.name for f in dataclasses.fields(entry.config_cls)}:
+        # --set checkpoint_path=... wins over OUT.ckpt
+        ckpt = Path(settings.setdefault("checkpoint_path", f"{job.out.rstrip('/')}.ckpt"))
         if ckpt.exists() and not job.resume:
             raise DfqError(f"{ckpt} holds an interrupted run: pass --resume to continue it, or delete it")
-        settings.setdefault("checkpoint_path", str(ckpt))
     elif job.resume:
         raise DfqError(f"inversion {job.method!r} does not checkpoint; --resume is not available for it")
-    if Path(job.out).exists() and not job.overwrite:
-        raise DfqError(f"output {job.out} already exists; choose another --out or pass --force")
+    check_output(job.out, job.overwrite)  # before hours of inversion, not after
 
     if model is None:
         if job.model is None:
@@ -138,7 +138,7 @@ def run_inversion(job: InversionJob, model: nn.Module | None = None) -> Calibrat
     with run_directory(job.out, overwrite=job.overwrite) as tmp:
         calib.save(tmp)
         save_preview(calib, tmp / "preview.png", cfg["mean"], cfg["std"], patch=patch)
-    if ckpt.exists():
+    if ckpt is not None and ckpt.exists():
         ckpt.unlink()
     return calib
 
