@@ -149,7 +149,8 @@ def load_model(
 
     Weights come from, in order: ``checkpoint`` (a local file; ``pretrained`` is then ignored), the hub
     when ``pretrained`` (fails within about a second when the hub cannot be reached or
-    ``HF_HUB_OFFLINE`` is set and the weights are not cached), or random initialization.
+    ``HF_HUB_OFFLINE`` is set and the weights are not cached), or random initialization (seeded with
+    0, so the same in every process; the global RNG state is restored).
 
     Args:
         name: Alias (``deit_tiny``) or timm model name.
@@ -177,7 +178,11 @@ def load_model(
     elif pretrained:
         model = _create_pretrained(resolved, **timm_kwargs)
     else:
-        model = timm.create_model(resolved, pretrained=False, **timm_kwargs)
+        # seeded, so that a random model is the same in every process (a resumed inversion checks
+        # the weights); the caller's global RNG state is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(resolved, pretrained=False, **timm_kwargs)
     return model.eval()
 
 

@@ -287,3 +287,67 @@ def test_target_ort_leaves_patch_embed_and_head_float(tmp_path, image_folder, ca
     model = dfq.load(out)
     assert not hasattr(model.patch_embed.proj, "weight_quantizer") and not hasattr(model.head, "weight_quantizer")
     assert hasattr(model.blocks[0].attn.qkv, "weight_quantizer")
+
+
+def test_force_does_not_delete_a_folder_dfq_did_not_make(tmp_path, image_folder, capsys):
+    """Regression: ``dfq calibrate ... --out precious --force`` deleted the user's folder."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("x")
+    code, _, err = run_cli([*_calibrate_args(precious, image_folder), "--force"], capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert (precious / "thesis.txt").read_text() == "x" and sorted(p.name for p in precious.iterdir()) == ["thesis.txt"]
+    code, _, err = run_cli(["invert", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--method", "noise",
+                            "--num-images", "1", "--out", str(precious), "--force"], capsys)  # fmt: skip
+    assert code == 2 and "neither" in err and (precious / "thesis.txt").is_file()
+    # a dfq run is replaced
+    out = tmp_path / "run"
+    assert run_cli(_calibrate_args(out, image_folder), capsys)[0] == 0
+    code, _, err = run_cli([*_calibrate_args(out, image_folder), "--force"], capsys)
+    assert code == 0, err
+
+
+def test_nonfinite_weights_are_refused_where_they_enter(tmp_path, image_folder, capsys):
+    """Regression: an all-NaN checkpoint evaluated to top-1 = 100%; one inf weight calibrated to a run
+    with an infinite range that looked complete."""
+    model = timm.create_model("test_vit", pretrained=False)
+    state = model.state_dict()
+    nan_ckpt, inf_ckpt = tmp_path / "nan.pth", tmp_path / "inf.pth"
+    torch.save({k: torch.full_like(v, float("nan")) for k, v in state.items()}, nan_ckpt)
+    state["blocks.0.mlp.fc1.weight"][0, 0] = float("inf")
+    torch.save(state, inf_ckpt)
+    code, _, err = run_cli(["eval", "--model", "test_vit", "--checkpoint", str(nan_ckpt), "--data", str(image_folder),
+                            "--device", "cpu", "--json"], capsys)  # fmt: skip
+    assert code == 2 and "NaN or infinite" in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "inf-run"
+    args = [a for a in _calibrate_args(out, image_folder) if a != "--no-pretrained"]
+    code, _, err = run_cli([*args, "--checkpoint", str(inf_ckpt)], capsys)
+    assert code == 2 and "blocks.0.mlp.fc1.weight" in err and not out.exists()
+
+
+def test_resume_refuses_a_checkpoint_of_other_weights(tmp_path, capsys):
+    """Regression: ``--resume`` with another ``--checkpoint`` finished from the first weights' iterations,
+    and a stale file at a user-set ``checkpoint_path`` was reused without ``--resume``."""
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"w{seed}.pth")
+        torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), paths[-1])
+    ckpt = tmp_path / "my.ckpt"
+    # an unfinished run of weights w0: a checkpoint after the first of two batches
+    model_a = dfq.load_model("test_vit", checkpoint=str(paths[0]))
+    dfq.invert(model_a, "deepinversion", num_images=1, iterations=2, checkpoint_path=str(ckpt), progress=False)
+    assert ckpt.is_file()
+
+    def invert(weights: Path, *extra: str) -> tuple[int, str, str]:
+        return run_cli(["invert", "--model", "test_vit", "--checkpoint", str(weights), "--device", "cpu",
+                        "--method", "deepinversion", "--num-images", "1", "--set", "iterations=2",
+                        "--set", f"checkpoint_path={ckpt}", "--out", str(tmp_path / "set"), "--json", *extra], capsys)  # fmt: skip
+
+    code, _, err = invert(paths[1], "--resume")
+    assert code == 2 and "other model weights" in err and not (tmp_path / "set").exists()
+    code, _, err = invert(paths[0])  # no --resume: an existing checkpoint is an error, not a silent resume
+    assert code == 2 and "--resume" in err
+    code, stdout, err = invert(paths[0], "--resume")  # the right weights resume (here: nothing left to run)
+    assert code == 0, err
+    assert json.loads(stdout)["resumed_from"] == [1, 0] and not ckpt.exists()

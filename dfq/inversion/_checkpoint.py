@@ -2,8 +2,9 @@
 
 One file, replaced atomically (temporary name, then rename), holds the finished batches, the batch in
 progress (images, Adam state, best-so-far, the method's state such as SMI's kept tokens) and the next
-``(batch, iteration)`` to run. A checkpoint is accepted only by a run of the same method, settings
-(the checkpoint fields aside) and target labels.
+``(batch, iteration)`` to run. A checkpoint is accepted only by a run of the same model weights
+(:func:`dfq.checkpoints.weights_sha256`), method, settings (seed included; the checkpoint fields
+aside) and target labels.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "dfq.inversion.checkpoint"
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: records the model weights' sha256
 
 
 def _config_key(config: Any) -> dict[str, Any]:
@@ -76,6 +77,17 @@ def load_checkpoint(spec: LoopSpec, labels: Tensor) -> dict[str, Any] | None:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DfqError(
             f"{spec.checkpoint_path} is not a dfq inversion checkpoint; delete it or pick another path"
+        )
+    if ckpt.get("version") != _CHECKPOINT_VERSION:
+        raise DfqError(
+            f"{spec.checkpoint_path} is a version-{ckpt.get('version')} inversion checkpoint, which does not "
+            f"record the model weights it belongs to (this dfq writes version {_CHECKPOINT_VERSION}); delete it"
+        )
+    if ckpt.get("model_sha256") != spec.model_sha256:
+        raise DfqError(
+            f"checkpoint {spec.checkpoint_path} was written with other model weights "
+            f"(sha256 {str(ckpt.get('model_sha256'))[:12]}…, these are {str(spec.model_sha256)[:12]}…); "
+            "resume with the checkpoint file it was made from, or delete it"
         )
     if ckpt.get("method") != spec.method or ckpt.get("config") != _config_key(spec.config):
         raise DfqError(
@@ -145,6 +157,7 @@ def write_checkpoint(
             "format": CHECKPOINT_FORMAT,
             "version": _CHECKPOINT_VERSION,
             "method": spec.method,
+            "model_sha256": spec.model_sha256,
             "config": _config_key(spec.config),
             "labels": labels,
             "batch": batch,

@@ -185,6 +185,7 @@ class LoopSpec:
         lr_at: ``lr_at(iteration) -> lr``; None keeps ``lr`` constant.
         init_state: ``init_state(batch_size) -> dict`` of the method's per-batch state.
         kept_count: ``kept_count(state) -> int`` shown in the bar (tokens, CLS included), or None.
+        model_sha256: the weights' identity (:func:`dfq.checkpoints.weights_sha256`), checked on resume.
     """
 
     method: str
@@ -208,13 +209,19 @@ class LoopSpec:
     lr_at: Callable[[int], float] | None = None
     init_state: Callable[[int], dict[str, Any]] = field(default=lambda _b: {})
     kept_count: Callable[[dict[str, Any]], int] | None = None
+    model_sha256: str | None = None
 
     @classmethod
     def from_config(
-        cls, method: str, config: Any, input_size: tuple[int, int, int], data_cfg: dict[str, Any], **extra: Any
-    ) -> LoopSpec:
-        """A spec whose shared optimisation fields come from ``config`` (DeepInversion/SMI configs)."""
+        cls, method: str, config: Any, input_size: tuple[int, int, int], data_cfg: dict[str, Any], model: nn.Module,
+        **extra: Any,
+    ) -> LoopSpec:  # fmt: skip
+        """A spec whose shared optimisation fields come from ``config`` (DeepInversion/SMI configs);
+        ``model``'s weights are hashed when there is a checkpoint."""
+        from dfq.checkpoints import weights_sha256
+
         return cls(
+            model_sha256=weights_sha256(model) if config.checkpoint_path is not None else None,
             method=method,
             config=config,
             seed=config.seed,
@@ -291,18 +298,10 @@ def run_batches(
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - start_time
 
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if spec.amp and device.type == "cuda"
-        else nullcontext()
-    )
-    bar = tqdm(
-        total=num_batches * spec.iterations,
-        initial=start_batch * spec.iterations + start_it,
-        disable=not progress,
-        desc=spec.method,
-        dynamic_ncols=True,
-    )
+    cuda_amp = spec.amp and device.type == "cuda"
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda_amp else nullcontext()
+    bar = tqdm(total=num_batches * spec.iterations, initial=start_batch * spec.iterations + start_it,
+               disable=not progress, desc=spec.method, dynamic_ncols=True)  # fmt: skip
     watch = NonFiniteWatch(device)
     try:
         for b in range(start_batch, num_batches):

@@ -278,6 +278,7 @@ def deepinversion(
             cfg,
             input_size,
             dcfg,
+            model,
             new_optimizer_at=frozenset({low_res_until} if low_res_until else ()),
             lr_at=lr_at if cfg.cosine_lr else None,
         )

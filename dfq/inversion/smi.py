@@ -287,6 +287,7 @@ def smi(
             config,
             input_size,
             dcfg,
+            model,
             reset_best_at=frozenset(prune_at),
             init_state=lambda bs: {
                 "keep": None,
