@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import timm
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from dfq.flops import count_flops
 from dfq.vit import all_tokens, check_model, forward_tokens, num_patches, topk_keep
 
 IMG = 96  # test_vit with patch 16: a 6x6 grid, 36 patches, 37 tokens
@@ -168,20 +170,41 @@ def test_gradients_reach_only_kept_patches() -> None:
     assert torch.all(per_patch[~kept] == 0)
 
 
-def test_cost_falls_with_kept_tokens() -> None:
-    model = _vit()
-    x = torch.randn(2, 3, IMG, IMG)
+@pytest.mark.parametrize("fused", [True, False])
+def test_cost_falls_with_kept_tokens(fused: bool) -> None:
+    """What runs on the kept tokens costs at most k/T of the dense cost, on either attention path.
 
-    def flops(fn) -> int:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            fn()
-        return counter.get_total_flops()
+    The cost is counted with :func:`dfq.flops.count_flops`, which counts the attention matmuls
+    whichever kernel runs (plain ``FlopCounterMode`` counts nothing for the CPU's fused kernel). Two
+    costs do not scale with the kept count and are taken out of both sides: the dense patch embedding
+    and the head (final norm, then the classifier on the CLS token only). What is left, the blocks, is
+    linear (qkv/proj/MLP) plus quadratic (attention) in the token count, so its ratio is at most
+    ``k / T``, and strictly below it once the attention is counted.
+    """
+    model = _vit()
+    for blk in model.blocks:
+        blk.attn.fused_attn = fused
+    x = torch.randn(2, 3, IMG, IMG)
+    keep = _random_keep(2, 37, 10)
+
+    def flops(fn: Callable[[], object]) -> int:
+        with torch.no_grad():
+            return count_flops(fn)
 
     embed = flops(lambda: model.patch_embed(x))
-    dense = flops(lambda: forward_tokens(model, x))
-    sparse = flops(lambda: forward_tokens(model, x, _random_keep(2, 37, 10)))
-    # everything but the dense patch embedding scales at most linearly with the kept count
-    assert (sparse - embed) / (dense - embed) <= 10 / 37 + 1e-6
+    head = flops(lambda: model.forward_head(model.norm(torch.zeros(2, 37, model.embed_dim))))
+    assert head == flops(lambda: model.forward_head(model.norm(torch.zeros(2, 10, model.embed_dim)))) > 0
+    dense = flops(lambda: forward_tokens(model, x)) - embed - head
+    sparse = flops(lambda: forward_tokens(model, x, keep)) - embed - head
+    # the blocks by hand: per token 2*(3D^2 + D^2 + 2*D*H_mlp) for the linears, per token pair 4D for
+    # q @ k^T and attn @ v (summed over heads)
+    batch, dim, hidden, depth = 2, model.embed_dim, model.blocks[0].mlp.fc1.out_features, len(model.blocks)
+
+    def blocks(t: int) -> int:
+        return batch * depth * (t * 2 * dim * (4 * dim + 2 * hidden) + 4 * t * t * dim)
+
+    assert (dense, sparse) == (blocks(37), blocks(10))
+    assert sparse / dense < 10 / 37
 
 
 class _SwappedAttention(nn.Module):

@@ -4,9 +4,20 @@
 DeepInversion-ViT (dense) and of SMI at every sparsity stage of a schedule (kept counts
 196/137/95/66/46 for the default schedule on a 224-px /16 ViT), with identical settings: same images,
 same loss (CE + TV_l2 on the full image), same jitter, same token-sparse forward
-(:func:`dfq.vit.forward_tokens`, dense = no gather). It counts FLOPs per iteration with
-``torch.utils.flop_counter.FlopCounterMode`` and weights the per-stage times by how many of the
-``iterations`` fall in each stage, which gives the whole-run speedup the paper reports (Table 1/3).
+(:func:`dfq.vit.forward_tokens`, dense = no gather). It weights the per-stage times by how many of
+the ``iterations`` fall in each stage, which gives the whole-run speedup the paper reports (Table 1/3).
+
+FLOPs per iteration are counted with :class:`dfq.flops.FlopCount` (``FlopCounterMode`` plus formulas
+for every SDPA kernel): plain ``FlopCounterMode`` knows no formula for the CPU's fused attention
+kernel, so with timm's fused attention it left the attention matmuls, the term that falls with the
+square of the kept count, out of ``flops_per_it`` and ``flops_ratio``. The count is the attention's
+arithmetic (forward ``q @ k^T`` and ``p @ v``, backward the four gradient matmuls), the same whichever
+kernel runs, fused or not, and on the ``meta`` device. Per image and iteration (the model is frozen,
+so the backward computes input gradients only, one matmul per forward matmul of a linear layer, two
+per attention matmul), with ``T = k + 1`` tokens of width ``D`` and an MLP ratio of 4, that is
+``depth·(48·T·D² + 12·T²·D)`` for the blocks plus twice the dense patch embedding and twice the
+classifier on the CLS token (``tests/test_inversion_vit.py`` checks DeiT-Base against it). An
+attention op without a formula (a kernel a later torch adds) is reported with a warning.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` per stage on CUDA; on the CPU it is reported as
 ``None`` (process RSS deltas are dominated by the allocator's caching and are not comparable).
@@ -16,13 +27,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from dfq.flops import FlopCount
 from dfq.inversion import priors
 from dfq.inversion._loop import frozen_eval, pixel_bounds
 from dfq.inversion.smi import DEFAULT_SCHEDULE, kept_counts, patch_grid, remap_index
@@ -119,9 +131,12 @@ def benchmark_inversion(
 
         for _ in range(warmup):
             step()
-        flop_counter = FlopCounterMode(display=False)
-        with flop_counter:
+        with FlopCount() as flops:
             step()
+        if flops.uncounted:
+            warnings.warn(
+                f"flops_per_it leaves out {', '.join(flops.uncounted)} (no FLOP formula)", stacklevel=3
+            )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
@@ -134,7 +149,7 @@ def benchmark_inversion(
             "kept_patches": grid_h * grid_w if keep is None else keep.shape[1] - 1,
             "seconds_per_it": seconds,
             "it_per_s": 1.0 / seconds,
-            "flops_per_it": int(flop_counter.get_total_flops()),
+            "flops_per_it": flops.total,
             "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device))
             if device.type == "cuda"
             else None,
