@@ -8,7 +8,9 @@ INT8 weights, symmetric INT8 activations, MinMax). Latency is measured interleav
 dfq_ort, ORT, FP32, ...) at batch 1 and 8 and reported as the median per-call time and as ratios to
 FP32 (:mod:`dfq.export.latency`), plus the quartiles of the per-round paired ratios (the spread a
 single run's ratio carries on a machine whose speed drifts); the op counts of each graph after ORT's optimizations show what ORT
-fused. Optional: top-1, agreement and KL to FP32 on labelled images.
+fused. Optional: top-1, agreement and KL to FP32 on labelled images. The load average and the other
+busy processes before and after the timed rounds go into the JSON (``machine_load``, see
+:mod:`dfq.loadcheck`), with a warning when the machine was not idle: such timings are not comparable.
 
     python benchmarks/ort_speed.py --model deit_tiny \
         --checkpoint ../shared/assets/weights/deit_tiny_patch16_224.pth \
@@ -38,9 +40,24 @@ from dfq.evaluation import classification_metrics  # noqa: E402
 from dfq.export.latency import time_rounds  # noqa: E402
 from dfq.export.onnx import export_onnx  # noqa: E402
 from dfq.export.runtime import ort_predictor  # noqa: E402
+from dfq.loadcheck import measure_load  # noqa: E402
 from dfq.models import data_config, eval_transform, load_model  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
+
+
+def time_batch(result: dict, preds: dict, calib: torch.Tensor, bs: int, args: argparse.Namespace) -> None:
+    """Time every graph at batch ``bs`` (interleaved rounds) into ``result["latency"]["batch{bs}"]``."""
+    x = calib[:bs] if bs <= len(calib) else calib.repeat((bs + len(calib) - 1) // len(calib), 1, 1, 1)[:bs]
+    t = time_rounds(preds, x, rounds=args.rounds, iters=args.iters, warmup=2)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    result["latency"][f"batch{bs}"] = {
+        **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
+        **{f"fp32/{k}": round(med["fp32"] / med[k], 3) for k in ("dfq", "dfq_ort", "ort_static")},
+        **{f"fp32/{k}_per_round_q1_median_q3": paired_quartiles(t["fp32"], t[k]) for k in ("dfq", "dfq_ort")},
+        **{f"ort_static/{k}": round(med["ort_static"] / med[k], 3) for k in ("dfq", "dfq_ort")},
+    }
+    print(f"batch {bs}: {result['latency'][f'batch{bs}']}", file=sys.stderr)
 
 
 def export_fp32(model: torch.nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
@@ -166,21 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     preds = {k: ort_predictor(v, threads=args.threads) for k, v in paths.items()}
     result["fused_ops"] = {k: fused_ops(v, tmp, args.threads) for k, v in paths.items()}
     result["latency"] = {}
-    for bs in args.batches:
-        x = (
-            calib[:bs]
-            if bs <= len(calib)
-            else calib.repeat((bs + len(calib) - 1) // len(calib), 1, 1, 1)[:bs]
-        )
-        t = time_rounds(preds, x, rounds=args.rounds, iters=args.iters, warmup=2)
-        med = {k: statistics.median(v) for k, v in t.items()}
-        result["latency"][f"batch{bs}"] = {
-            **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
-            **{f"fp32/{k}": round(med["fp32"] / med[k], 3) for k in ("dfq", "dfq_ort", "ort_static")},
-            **{f"fp32/{k}_per_round_q1_median_q3": paired_quartiles(t["fp32"], t[k]) for k in ("dfq", "dfq_ort")},
-            **{f"ort_static/{k}": round(med["ort_static"] / med[k], 3) for k in ("dfq", "dfq_ort")},
-        }
-        print(f"batch {bs}: {result['latency'][f'batch{bs}']}", file=sys.stderr)
+    with measure_load() as load:
+        for bs in args.batches:
+            time_batch(result, preds, calib, bs, args)
+    result["machine_load"] = load
     if args.eval_images:
         ds = labelled_imagenet_folder(args.images, transform)
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: args.eval_images].tolist()

@@ -65,6 +65,9 @@ DOCTESTED = [
     "dfq.inversion.overrides",
     "dfq.quant.bias_correction",
     "dfq.preview",
+    "dfq.evaluation",
+    "dfq.checkpoints",
+    "dfq.loadcheck",
 ]
 
 

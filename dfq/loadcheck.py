@@ -1,0 +1,116 @@
+"""Is the machine idle? Load average and busy processes around a timing measurement.
+
+Timing figures are ratios measured in one run on an idle machine: on two cores, one background job
+made FP32 ONNX Runtime 2-3.7x slower and cut a measured 1.67x INT8 speedup to 1.27x. Every timing
+benchmark of dfq therefore records, before and after it runs, the 1/5/15-minute load averages and
+the other processes that were using a CPU (sampled from ``/proc`` over a short window), and says
+plainly when the machine was not idle: :func:`measure_load` wraps the timed block, fills a JSON-able
+record and warns on stderr.
+
+The rule (:func:`judge`): idle when the 1-minute load average before the run is below 0.5 and no
+other process used more than 10% of a core, before or after. The load average after a run is not
+judged (it includes the benchmark itself), only recorded. Where ``/proc`` is missing (not Linux)
+the process list is empty and only the load average counts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MAX_LOAD", "BUSY_SHARE", "snapshot", "judge", "measure_load"]
+
+MAX_LOAD = 0.5
+"""Highest 1-minute load average that counts as idle before a timing run."""
+BUSY_SHARE = 0.10
+"""A process using more than this share of one core during the sample is busy."""
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int]]:
+    """``pid -> (command name, user + system clock ticks)`` of every readable process."""
+    ticks: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks[int(entry.name)] = (name, int(fields[11]) + int(fields[12]))  # utime, stime
+    return ticks
+
+
+def snapshot(sample_seconds: float = 1.0, exclude: set[int] | None = None) -> dict[str, Any]:
+    """Load averages now and the processes that used a CPU over the next ``sample_seconds``.
+
+    Args:
+        sample_seconds: length of the CPU-use sample.
+        exclude: pids left out (default: this process).
+
+    Returns:
+        ``{"time", "loadavg": [1, 5, 15 min], "cpu_count", "busy": [{"pid", "name", "cpu"}...]}``,
+        ``cpu`` being the share of one core, highest first.
+    """
+    exclude = {os.getpid()} if exclude is None else exclude
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else [float("nan")] * 3
+    busy: list[dict[str, Any]] = []
+    if Path("/proc/self/stat").exists():
+        hz = os.sysconf("SC_CLK_TCK")
+        first, t0 = _cpu_ticks(), time.monotonic()
+        time.sleep(sample_seconds)
+        second, elapsed = _cpu_ticks(), time.monotonic() - t0
+        for pid, (name, ticks) in second.items():
+            if pid in exclude or pid not in first:
+                continue
+            share = (ticks - first[pid][1]) / hz / elapsed
+            if share > BUSY_SHARE:
+                busy.append({"pid": pid, "name": name, "cpu": round(share, 2)})
+        busy.sort(key=lambda p: -p["cpu"])
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg": [round(v, 2) for v in load],
+        "cpu_count": os.cpu_count(),
+        "busy": busy,
+    }
+
+
+def judge(before: dict[str, Any], after: dict[str, Any] | None = None, max_load: float = MAX_LOAD) -> list[str]:
+    """Why the machine was not idle (an empty list: it was).
+
+    >>> judge({"loadavg": [0.1, 0.2, 0.3], "busy": []}, {"loadavg": [2.0, 1.0, 0.5], "busy": []})
+    []
+    >>> judge({"loadavg": [0.9, 0.2, 0.1], "busy": [{"pid": 7, "name": "python", "cpu": 0.98}]})
+    ['load average 0.90 >= 0.5 before the run', 'busy before the run: python (pid 7, 98% of a core)']
+    """
+    reasons = []
+    if not before["loadavg"][0] < max_load:
+        reasons.append(f"load average {before['loadavg'][0]:.2f} >= {max_load} before the run")
+    for when, snap in (("before", before), ("after", after)):
+        if snap and snap["busy"]:
+            procs = ", ".join(f"{p['name']} (pid {p['pid']}, {100 * p['cpu']:.0f}% of a core)" for p in snap["busy"][:4])
+            reasons.append(f"busy {when} the run: {procs}")
+    return reasons
+
+
+@contextmanager
+def measure_load(sample_seconds: float = 1.0, warn: bool = True) -> Iterator[dict[str, Any]]:
+    """Record the machine's load around a timed block.
+
+    Yields a dict that, once the block is done, holds ``before``, ``after`` (see :func:`snapshot`),
+    ``idle`` (bool) and ``not_idle_because`` (list of reasons); put it in the benchmark's JSON. A
+    warning goes to stderr when the machine was not idle.
+    """
+    record: dict[str, Any] = {"before": snapshot(sample_seconds)}
+    yield record
+    record["after"] = snapshot(sample_seconds)
+    reasons = judge(record["before"], record["after"])
+    record["idle"] = not reasons
+    record["not_idle_because"] = reasons
+    if reasons and warn:
+        print(f"warning: the machine was not idle, timings are not comparable: {'; '.join(reasons)}", file=sys.stderr)

@@ -1,0 +1,50 @@
+"""The pure helpers of the scripts in ``benchmarks/`` (the scripts themselves need the shared assets):
+their doctests, and the export verdict of ``export_accuracy.py`` on hand-made rows."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _on_path() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    yield
+    sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("name", ["export_accuracy", "paired_runs"])
+def test_doctests(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_export_verdict_bounds_and_noise() -> None:
+    ea = importlib.import_module("export_accuracy")
+    # the floor is the lower reproducibility yardstick, capped at 99%, minus one point
+    assert ea.verdict(0.99, 1.0, 1.0, 1.0, (0.0, 0.0))["bound"] == 0.98
+    assert ea.verdict(0.95, 0.97, 0.96, 1.0, (0.0, 0.0))["bound"] == 0.95
+    assert ea.verdict(0.95, 0.97, 0.96, 1.0, (0.0, 0.0))["pass"]
+    assert not ea.verdict(0.9499, 0.97, 0.96, 1.0, (0.0, 0.0))["agreement"]
+    assert not ea.verdict(1.0, 1.0, 1.0, 1.0, (0.001, 0.002))["kl_within_noise"]
+
+
+def test_paired_noise_on_hand_made_logits() -> None:
+    ea = importlib.import_module("export_accuracy")
+    labels = torch.arange(6) % 3
+    fp = torch.nn.functional.one_hot(labels, 3).float() * 4
+    same = fp.clone()
+    p, (lo, hi) = ea.paired_noise(same, same.clone(), labels, fp)
+    assert p == 1.0 and lo == hi == 0.0
+    # ORT wrong on all 6 images where torch is right: McNemar p = 2 / 2**6
+    wrong = torch.roll(fp, 1, dims=1)
+    p, (lo, hi) = ea.paired_noise(same, wrong, labels, fp)
+    assert p == pytest.approx(2 / 64) and lo > 0

@@ -1,0 +1,45 @@
+"""``dfq/loadcheck.py``: a busy process is seen, the idle rule, the record a timing benchmark keeps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dfq.loadcheck import judge, measure_load, snapshot
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+
+
+def test_a_spinning_process_is_busy_and_this_one_is_not() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+    try:
+        snap = snapshot(sample_seconds=1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    busy = {p["pid"]: p for p in snap["busy"]}
+    # a spinning process gets most of a core even on a loaded 2-core machine; 10% is the threshold
+    assert spinner.pid in busy and busy[spinner.pid]["cpu"] > 0.3
+    assert os.getpid() not in busy
+    assert len(snap["loadavg"]) == 3 and snap["cpu_count"] >= 1
+    assert any("busy before the run" in r and f"pid {spinner.pid}" in r for r in judge(snap))
+
+
+def test_idle_rule() -> None:
+    quiet = {"loadavg": [0.49, 3.0, 3.0], "busy": []}
+    assert judge(quiet) == [] and judge(quiet, {"loadavg": [5.0, 5.0, 5.0], "busy": []}) == []
+    assert judge({"loadavg": [0.5, 0.0, 0.0], "busy": []}) == ["load average 0.50 >= 0.5 before the run"]
+    late = {"loadavg": [0.1] * 3, "busy": [{"pid": 9, "name": "dfq", "cpu": 1.0}]}
+    assert judge(quiet, late) == ["busy after the run: dfq (pid 9, 100% of a core)"]
+
+
+def test_measure_load_fills_the_record(capsys: pytest.CaptureFixture[str]) -> None:
+    with measure_load(sample_seconds=0.2) as load:
+        assert set(load) == {"before"}
+    assert set(load) == {"before", "after", "idle", "not_idle_because"}
+    assert load["idle"] == (load["not_idle_because"] == [])
+    assert ("not idle" in capsys.readouterr().err) == (not load["idle"])
