@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -260,14 +262,22 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
            "--set", "iterations=400", "--set", "checkpoint_every=100000", "--set", "log_every=1", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env, text=True)
-    seen = ""
-    while "loss=" not in seen:  # the bar shows a loss once iterations run
-        ch = proc.stderr.read(1)
-        assert ch, f"dfq invert ended early: {seen[-500:]}"
-        seen += ch
-    proc.send_signal(signal.SIGTERM)
-    _, rest = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "terminated" in rest
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240  # generous: a loaded 2-core machine, not a speed claim
+        while "loss=" not in "".join(seen):  # the bar shows a loss once iterations run
+            assert proc.poll() is None, f"dfq invert ended early: {''.join(seen)[-500:]}"
+            assert time.monotonic() < deadline, "dfq invert showed no iteration within 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "terminated" in "".join(seen)
     assert not out.exists()
     ckpt = torch.load(tmp_path / "di.ckpt", weights_only=True)
     stopped = ckpt["iteration"]

@@ -172,7 +172,7 @@ def test_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
     start = time.perf_counter()
     with pytest.raises(DfqError) as err:
         load_model("test_vit", pretrained=True)
-    assert time.perf_counter() - start < 3.0
+    assert time.perf_counter() - start < 10.0  # fails fast: not the ~45 s of hub retries
     msg = _one_line(err)
     assert "--checkpoint" in msg and "--no-pretrained" in msg
 
@@ -183,14 +183,20 @@ def test_pretrained_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) 
     start = time.perf_counter()
     with pytest.raises(DfqError) as err:
         load_model("test_vit", pretrained=True)
-    assert time.perf_counter() - start < 3.0
+    assert time.perf_counter() - start < 10.0  # fails fast: not the ~45 s of hub retries
     assert "unreachable" in _one_line(err) and "--checkpoint" in str(err.value)
 
 
-def test_hub_probe_is_bounded() -> None:
+def test_hub_probe_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect that hangs (simulated: no traffic leaves this machine) is abandoned after ``timeout``."""
+
+    def hang(*_args: object, **_kwargs: object) -> None:
+        time.sleep(30)
+
+    monkeypatch.setattr(models.socket, "create_connection", hang)
     start = time.perf_counter()
-    assert models.hub_reachable("192.0.2.1", timeout=0.5) is False  # TEST-NET-1: never routable
-    assert time.perf_counter() - start < 2.0
+    assert models.hub_reachable("hub.invalid", timeout=0.5) is False
+    assert time.perf_counter() - start < 10.0  # 0.5 s plus scheduling slack on a loaded machine, not 30 s
 
 
 def test_model_without_pretrained_weights() -> None:
