@@ -261,6 +261,9 @@ def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool
                    f"{st['flops_per_it'] / 1e9:9.1f}")
     click.echo(f"whole schedule ({iterations} iterations): SMI/dense speedup {r['speedup']:.2f}x, "
                f"FLOPs ratio {r['flops_ratio']:.2f}x")
+    load = r["machine_load"]
+    click.echo(f"load average before: {load['before']['loadavg'][0]:.2f}; "
+               + ("machine idle" if load["idle"] else "NOT idle: " + "; ".join(load["not_idle_because"])))
 
 
 class _Terminated(KeyboardInterrupt):

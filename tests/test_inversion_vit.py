@@ -312,8 +312,14 @@ def test_benchmark_inversion_reports_consistent_stages(fused: bool) -> None:
     for blk in model.blocks:
         blk.attn.fused_attn = fused  # the CPU's fused SDPA kernel or timm's unfused attention
     report = benchmark_inversion(
-        model, batch_size=1, iterations=20, schedule=((2, 0.3), (4, 0.3)), warmup=0, steps_per_stage=1
+        model, batch_size=1, iterations=20, schedule=((2, 0.3), (4, 0.3)), warmup=0, steps_per_stage=1,
+        check_load=fused,  # the load record costs ~2 s: once is enough
     )
+    if fused:  # the machine's load around the timed stages is recorded (whatever it was)
+        load = report["machine_load"]
+        assert load["idle"] == (load["not_idle_because"] == []) and len(load["before"]["loadavg"]) == 3
+    else:
+        assert report["machine_load"] is None
     stages = report["stages"]
     assert [s["kept_patches"] for s in stages] == [100, 70, 49]
     assert [s["iterations_in_run"] for s in stages] == [2, 2, 16]
@@ -341,7 +347,7 @@ def test_benchmark_inversion_deit_base_flops_by_hand() -> None:
     checks that the fused CPU kernel counts the same)."""
     with torch.device("meta"):
         model = timm.create_model("deit_base_patch16_224", pretrained=False)
-    report = benchmark_inversion(model, batch_size=2, device="meta", warmup=0, steps_per_stage=1)
+    report = benchmark_inversion(model, batch_size=2, device="meta", warmup=0, steps_per_stage=1, check_load=False)
     stages = report["stages"]
     kept = [196, 137, 95, 66, 46]
     assert [s["kept_patches"] for s in stages] == kept

@@ -38,6 +38,7 @@ from dfq.flops import FlopCount
 from dfq.inversion import priors
 from dfq.inversion._loop import frozen_eval, pixel_bounds
 from dfq.inversion.smi import DEFAULT_SCHEDULE, kept_counts, patch_grid, remap_index
+from dfq.loadcheck import measure_load
 from dfq.vit import check_model, forward_tokens
 
 __all__ = ["benchmark_inversion"]
@@ -60,6 +61,7 @@ def benchmark_inversion(
     amp: bool = False,
     tv_l2: float = 1e-4,
     lr: float = 0.25,
+    check_load: bool = True,
 ) -> dict[str, Any]:
     """Time dense DeepInversion-ViT and SMI iterations at each sparsity stage.
 
@@ -74,12 +76,16 @@ def benchmark_inversion(
         amp: bf16 autocast on CUDA.
         tv_l2: TV weight of the timed loss.
         lr: Adam learning rate of the timed step.
+        check_load: record the load average and busy processes before and after the timed stages
+            (:func:`dfq.loadcheck.measure_load`, ~2 s) and warn when the machine was not idle.
 
     Returns:
         A JSON-able dict: ``dense`` and ``stages`` (each with ``kept_patches``, ``seconds_per_it``,
         ``it_per_s``, ``flops_per_it``, ``peak_memory_bytes``, ``iterations_in_run``), the
         whole-run ``smi_seconds_total`` / ``dense_seconds_total``, their per-iteration averages,
-        ``speedup`` (dense total / SMI total) and ``flops_ratio`` (same, for FLOPs).
+        ``speedup`` (dense total / SMI total), ``flops_ratio`` (same, for FLOPs) and
+        ``machine_load`` (``idle``, ``not_idle_because``, the ``before``/``after`` snapshots; None
+        without ``check_load``).
 
     Raises:
         ValueError: bad arguments (a schedule outside ``[1, iterations)``).
@@ -155,7 +161,7 @@ def benchmark_inversion(
             else None,
         }
 
-    with frozen_eval(model):
+    with frozen_eval(model), measure_load(sample_seconds=1.0 if check_load else 0.0, warn=check_load) as load:
         dense = measure(None, sparse=False)
         dense["iterations_in_run"] = iterations
         stages = []
@@ -179,6 +185,7 @@ def benchmark_inversion(
         "memory_note": "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
         else "not measured on CPU (None)",
+        "machine_load": load if check_load else None,
         "dense": dense,
         "stages": stages,
         "dense_seconds_total": dense_total,
