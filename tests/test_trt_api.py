@@ -1,12 +1,14 @@
 """Tests of ``benchmarks/trt_api_check.py``: the TensorRT name check of dfq's export code.
 
-The parsing helpers (C strings and string tails of an ELF, AST name collection with per-version
-paths, the verdict) run on tiny synthetic inputs and need no network. The check against the real
-bindings wheels downloads ~4 MB from the package index and is marked ``slow``.
+The parsing helpers (C strings and string tails of an ELF in ``_trt_bindings.py``, AST name collection
+with per-version paths in ``_trt_uses.py``, the verdict in the script) run on tiny synthetic inputs and
+need no network. The check against the real bindings wheels downloads ~4 MB from the package index and
+is marked ``slow``.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import struct
@@ -18,18 +20,24 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
 
 
-def _load_checker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("trt_api_check", REPO / "benchmarks" / "trt_api_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
+def _load_checker() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The script, loaded by file path, and the two sibling modules it imports."""
+    sys.path.insert(0, str(BENCHMARKS))  # as when the script runs: its siblings import from its directory
+    try:
+        spec = importlib.util.spec_from_file_location("trt_api_check", BENCHMARKS / "trt_api_check.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+        spec.loader.exec_module(module)
+        return module, importlib.import_module("_trt_bindings"), importlib.import_module("_trt_uses")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
-chk = _load_checker()
+chk, trt_bindings, trt_uses = _load_checker()
 
 
 def _elf(text: bytes, text_addr: int, rodata: bytes, rodata_addr: int) -> bytes:
@@ -56,7 +64,7 @@ def _lea(rex: int, modrm: int, at: int, target: int) -> bytes:
 
 def test_c_strings_only_nul_terminated_runs() -> None:
     blob = b"\x01\x02get_tensor_mode\x00junk\xffexecute_async_v3\x00x\x00no_nul"
-    assert chk.c_strings(blob) == {"get_tensor_mode", "execute_async_v3"}
+    assert trt_bindings.c_strings(blob) == {"get_tensor_mode", "execute_async_v3"}
 
 
 def test_string_tails_count_only_where_code_points_at_them() -> None:
@@ -65,18 +73,19 @@ def test_string_tails_count_only_where_code_points_at_them() -> None:
     logger_at = ro_addr + rodata.index(b"ILogger") + 1
     text = _lea(0x48, 0x35, text_addr, ro_addr + len("get_fields_to_")) + b"\x90"
     text += _lea(0x4C, 0x05, text_addr + len(text), logger_at)
-    assert chk.rip_targets(text, text_addr) == {ro_addr + 14, logger_at}
-    whole, tails = chk.so_literals(_elf(text, text_addr, rodata, ro_addr))
+    assert trt_bindings.rip_targets(text, text_addr) == {ro_addr + 14, logger_at}
+    whole, tails = trt_bindings.so_literals(_elf(text, text_addr, rodata, ro_addr))
     assert {"get_fields_to_serialize", "ILogger", "IPluginV3OneRuntime"} <= whole
     assert tails == {"serialize", "Logger"}  # "Runtime" is a tail too, but no code loads it
-    assert chk.so_literals(rodata) == (chk.c_strings(rodata), set())  # not an ELF: whole strings only
+    # not an ELF: whole strings only
+    assert trt_bindings.so_literals(rodata) == (trt_bindings.c_strings(rodata), set())
 
 
 def test_python_names_of_the_wheel_init() -> None:
     src = (
         "from .tensorrt import *\n__version__ = '10.0.1'\ndef volume(x):\n    v = 1\nDataType.itemsize = 1\n"
     )
-    assert {"__version__", "volume", "itemsize"} <= chk.python_names(src)
+    assert {"__version__", "volume", "itemsize"} <= trt_bindings.python_names(src)
 
 
 SNIPPET = """
@@ -129,7 +138,7 @@ def _by_name(uses: list) -> dict[str, set[int]]:
 
 
 def test_collect_uses_follows_tensorrt_objects_and_version_branches() -> None:
-    uses, reach = chk.collect_uses(SNIPPET, "snippet.py")
+    uses, reach = trt_uses.collect_uses(SNIPPET, "snippet.py")
     majors = _by_name(uses)
     both, ten = {10, 11}, {10}
     for name in ("Logger", "WARNING", "Builder", "create_network", "Runtime", "deserialize_cuda_engine"):
@@ -156,22 +165,23 @@ def test_collect_uses_follows_tensorrt_objects_and_version_branches() -> None:
 
 
 def test_check_respects_versions_and_guards() -> None:
-    uses, _ = chk.collect_uses(SNIPPET, "snippet.py")
+    uses, _ = trt_uses.collect_uses(SNIPPET, "snippet.py")
     every = {u.name for u in uses}
-    v10 = chk.Bindings("a.whl", "10.0.1", every - {"Only11", "get_batch"})
-    v11 = chk.Bindings("b.whl", "11.4.0", every - {"BuilderFlag", "INT8", "int8_calibrator", "get_batch"})
+    v10 = trt_bindings.Bindings("a.whl", "10.0.1", every - {"Only11", "get_batch"})
+    v11_absent = {"BuilderFlag", "INT8", "int8_calibrator", "get_batch"}
+    v11 = trt_bindings.Bindings("b.whl", "11.4.0", every - v11_absent)
     r10, r11 = chk.check(uses, v10), chk.check(uses, v11)
     assert set(r10.missing) == {"get_batch"} and "Only11" not in r10.checked
     assert r11.missing == {} and "INT8" not in r11.checked and "Only11" in r11.checked
     assert chk.dead_guards(uses, [r10, r11]) == []
-    no_guard = chk.Bindings("a.whl", "10.0.1", every - {"int8_calibrator"})
+    no_guard = trt_bindings.Bindings("a.whl", "10.0.1", every - {"int8_calibrator"})
     assert [u.name for u in chk.dead_guards(uses, [chk.check(uses, no_guard), r11])] == ["int8_calibrator"]
 
 
 def test_export_modules_legacy_calibrator_is_a_10x_path() -> None:
     uses = []
     for rel in chk.CHECKED_FILES:
-        uses += chk.collect_uses((REPO / rel).read_text(), rel)[0]
+        uses += trt_uses.collect_uses((REPO / rel).read_text(), rel)[0]
     majors = _by_name(uses)
     for name in ("IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "get_batch", "write_calibration_cache"):
         assert majors[name] == {10}, name
