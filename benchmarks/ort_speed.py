@@ -40,7 +40,7 @@ from dfq.evaluation import classification_metrics  # noqa: E402
 from dfq.export.latency import time_rounds  # noqa: E402
 from dfq.export.onnx import export_onnx  # noqa: E402
 from dfq.export.runtime import ort_predictor  # noqa: E402
-from dfq.loadcheck import measure_load  # noqa: E402
+from dfq.loadcheck import measure_load, snapshot  # noqa: E402
 from dfq.models import data_config, eval_transform, load_model  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.transform import quantize_  # noqa: E402
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images", type=int, default=0, help="top-1/agreement on this many labelled images")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    start = snapshot()  # the machine's load before this script's own work raises the load average
     torch.set_num_threads(args.threads)
 
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.checkpoint is None)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     preds = {k: ort_predictor(v, threads=args.threads) for k, v in paths.items()}
     result["fused_ops"] = {k: fused_ops(v, tmp, args.threads) for k, v in paths.items()}
     result["latency"] = {}
-    with measure_load() as load:
+    with measure_load(start=start) as load:
         for bs in args.batches:
             time_batch(result, preds, calib, bs, args)
     result["machine_load"] = load

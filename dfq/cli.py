@@ -244,13 +244,15 @@ def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool
                     iterations: int, steps_per_stage: int, warmup: int, amp: bool, as_json: bool) -> None:
     """Dense DeepInversion vs SMI iteration speed per sparsity stage, FLOPs and peak memory."""
     from dfq.inversion.bench import benchmark_inversion
+    from dfq.loadcheck import snapshot
     from dfq.models import load_model
     from dfq.pipeline import default_device
 
+    start = snapshot()  # before the model build raises the load average
     device = device or default_device()
     model = load_model(model_name, checkpoint=checkpoint, pretrained=not no_pretrained).to(device)
     r = benchmark_inversion(model, batch_size=batch_size, iterations=iterations, device=device,
-                            warmup=warmup, steps_per_stage=steps_per_stage, amp=amp)
+                            warmup=warmup, steps_per_stage=steps_per_stage, amp=amp, load_start=start)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

@@ -7,10 +7,14 @@ the other processes that were using a CPU (sampled from ``/proc`` over a short w
 plainly when the machine was not idle: :func:`measure_load` wraps the timed block, fills a JSON-able
 record and warns on stderr.
 
-The rule (:func:`judge`): idle when the 1-minute load average before the run is below 0.5 and no
-other process used more than 10% of a core, before or after. The load average after a run is not
-judged (it includes the benchmark itself), only recorded. Where ``/proc`` is missing (not Linux)
-the process list is empty and only the load average counts.
+The rule (:func:`judge`): idle when the 1-minute load average at the start is below 0.5 and no
+other process used more than 10% of a core, before or after the timed block. "The start" is a
+snapshot the program takes before doing any work of its own (pass it as ``start``): the load
+average is a one-minute moving average, so one taken after the benchmark's own preparation (model
+build, export, calibration) counts that work too. Without it the snapshot at the timed block's
+entry stands in. Load averages inside and after the run are recorded, not judged (they include the
+benchmark itself). Where ``/proc`` is missing (not Linux) the process list is empty and only the
+load average counts.
 """
 
 from __future__ import annotations
@@ -80,8 +84,14 @@ def snapshot(sample_seconds: float = 1.0, exclude: set[int] | None = None) -> di
     }
 
 
-def judge(before: dict[str, Any], after: dict[str, Any] | None = None, max_load: float = MAX_LOAD) -> list[str]:
-    """Why the machine was not idle (an empty list: it was).
+def judge(
+    before: dict[str, Any],
+    after: dict[str, Any] | None = None,
+    max_load: float = MAX_LOAD,
+    start: dict[str, Any] | None = None,
+) -> list[str]:
+    """Why the machine was not idle (an empty list: it was): the load average of ``start`` (else of
+    ``before``) and the busy processes of every snapshot.
 
     >>> judge({"loadavg": [0.1, 0.2, 0.3], "busy": []}, {"loadavg": [2.0, 1.0, 0.5], "busy": []})
     []
@@ -89,9 +99,10 @@ def judge(before: dict[str, Any], after: dict[str, Any] | None = None, max_load:
     ['load average 0.90 >= 0.5 before the run', 'busy before the run: python (pid 7, 98% of a core)']
     """
     reasons = []
-    if not before["loadavg"][0] < max_load:
-        reasons.append(f"load average {before['loadavg'][0]:.2f} >= {max_load} before the run")
-    for when, snap in (("before", before), ("after", after)):
+    first = start or before
+    if not first["loadavg"][0] < max_load:
+        reasons.append(f"load average {first['loadavg'][0]:.2f} >= {max_load} before the run")
+    for when, snap in (("at the start of", start), ("before", before), ("after", after)):
         if snap and snap["busy"]:
             procs = ", ".join(f"{p['name']} (pid {p['pid']}, {100 * p['cpu']:.0f}% of a core)" for p in snap["busy"][:4])
             reasons.append(f"busy {when} the run: {procs}")
@@ -99,17 +110,24 @@ def judge(before: dict[str, Any], after: dict[str, Any] | None = None, max_load:
 
 
 @contextmanager
-def measure_load(sample_seconds: float = 1.0, warn: bool = True) -> Iterator[dict[str, Any]]:
+def measure_load(
+    sample_seconds: float = 1.0, warn: bool = True, start: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
     """Record the machine's load around a timed block.
 
-    Yields a dict that, once the block is done, holds ``before``, ``after`` (see :func:`snapshot`),
-    ``idle`` (bool) and ``not_idle_because`` (list of reasons); put it in the benchmark's JSON. A
-    warning goes to stderr when the machine was not idle.
+    Args:
+        sample_seconds: length of each CPU-use sample.
+        warn: print a warning on stderr when the machine was not idle.
+        start: a :func:`snapshot` taken when the program started, before its own work.
+
+    Yields a dict that, once the block is done, holds ``start`` (or None), ``before``, ``after`` (see
+    :func:`snapshot`), ``idle`` (bool) and ``not_idle_because`` (list of reasons); put it in the
+    benchmark's JSON.
     """
-    record: dict[str, Any] = {"before": snapshot(sample_seconds)}
+    record: dict[str, Any] = {"start": start, "before": snapshot(sample_seconds)}
     yield record
     record["after"] = snapshot(sample_seconds)
-    reasons = judge(record["before"], record["after"])
+    reasons = judge(record["before"], record["after"], start=start)
     record["idle"] = not reasons
     record["not_idle_because"] = reasons
     if reasons and warn:

@@ -35,11 +35,15 @@ def test_idle_rule() -> None:
     assert judge({"loadavg": [0.5, 0.0, 0.0], "busy": []}) == ["load average 0.50 >= 0.5 before the run"]
     late = {"loadavg": [0.1] * 3, "busy": [{"pid": 9, "name": "dfq", "cpu": 1.0}]}
     assert judge(quiet, late) == ["busy after the run: dfq (pid 9, 100% of a core)"]
+    # with a start snapshot, the load average at the timed block (raised by our own preparation) is not judged
+    prepared = {"loadavg": [1.2, 0.4, 0.2], "busy": []}
+    assert judge(prepared, start=quiet) == []
+    assert judge(quiet, start={"loadavg": [0.8, 0.1, 0.1], "busy": []}) == ["load average 0.80 >= 0.5 before the run"]
 
 
 def test_measure_load_fills_the_record(capsys: pytest.CaptureFixture[str]) -> None:
     with measure_load(sample_seconds=0.2) as load:
-        assert set(load) == {"before"}
-    assert set(load) == {"before", "after", "idle", "not_idle_because"}
+        assert set(load) == {"start", "before"}
+    assert set(load) == {"start", "before", "after", "idle", "not_idle_because"} and load["start"] is None
     assert load["idle"] == (load["not_idle_because"] == [])
     assert ("not idle" in capsys.readouterr().err) == (not load["idle"])

@@ -62,6 +62,7 @@ def benchmark_inversion(
     tv_l2: float = 1e-4,
     lr: float = 0.25,
     check_load: bool = True,
+    load_start: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time dense DeepInversion-ViT and SMI iterations at each sparsity stage.
 
@@ -78,6 +79,8 @@ def benchmark_inversion(
         lr: Adam learning rate of the timed step.
         check_load: record the load average and busy processes before and after the timed stages
             (:func:`dfq.loadcheck.measure_load`, ~2 s) and warn when the machine was not idle.
+        load_start: :func:`dfq.loadcheck.snapshot` taken before the caller's own work (model
+            build), whose load average is the one judged.
 
     Returns:
         A JSON-able dict: ``dense`` and ``stages`` (each with ``kept_patches``, ``seconds_per_it``,
@@ -161,7 +164,8 @@ def benchmark_inversion(
             else None,
         }
 
-    with frozen_eval(model), measure_load(sample_seconds=1.0 if check_load else 0.0, warn=check_load) as load:
+    sample = 1.0 if check_load else 0.0
+    with frozen_eval(model), measure_load(sample_seconds=sample, warn=check_load, start=load_start) as load:
         dense = measure(None, sparse=False)
         dense["iterations_in_run"] = iterations
         stages = []
