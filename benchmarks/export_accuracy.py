@@ -47,7 +47,8 @@ from dfq.quant.transform import quantize_  # noqa: E402
 
 def _metrics(logits: torch.Tensor, labels: torch.Tensor, fp: torch.Tensor) -> dict[str, float]:
     m = classification_metrics(logits, labels, reference_logits=fp)
-    return {k: round(m[k], 4) for k in ("top1", "agreement", "kl")}
+    # a non-finite logit leaves KL undefined (None): NaN here, so the row prints "nan" and its verdict fails
+    return {k: round(m[k], 4) if m[k] is not None else float("nan") for k in ("top1", "agreement", "kl")}
 
 
 def verdict(

@@ -55,15 +55,24 @@ def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     >>> nonfinite_names([("a", torch.ones(2)), ("b", torch.tensor([1.0, float("inf")])), ("c", torch.arange(3))])
     ['b']
     """
-    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return [
+        name
+        for name, t in named
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
-def check_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
+def check_finite(
+    named: Iterable[tuple[str, torch.Tensor]],
+    what: str,
+    consequence: str = "a model with non-finite weights cannot be quantized or evaluated",
+) -> None:
     """Refuse tensors holding NaN or infinity (a model would score garbage and export nonsense ranges).
 
     Args:
         named: ``(name, tensor)`` pairs, e.g. ``state.items()`` or ``model.named_parameters()``.
         what: what the tensors are, for the message (e.g. ``"checkpoint w.pth"``).
+        consequence: the end of the message: why it matters.
 
     Raises:
         DfqError: some tensor is not finite; the message counts them and names the first three.
@@ -72,8 +81,7 @@ def check_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
     if bad:
         more = f", … +{len(bad) - 3}" if len(bad) > 3 else ""
         raise DfqError(
-            f"{what} holds NaN or infinite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}{more}); "
-            "a model with non-finite weights cannot be quantized or evaluated"
+            f"{what} holds NaN or infinite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}{more}); {consequence}"
         )
 
 
@@ -86,6 +94,9 @@ def weights_sha256(model: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):  # a module's extra state
+            digest.update(f"{name}|{tensor!r}|".encode())
+            continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -48,7 +48,8 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
                 click.echo(f"warning: {key} gave NaN/inf logits on {r['num_nonfinite']} of "
                            f"{report.get('num_eval_images')} images (counted wrong)", err=True)
     if "agreement" in report:
-        kl = "undefined (non-finite logits)" if report["kl"] is None else f"{report['kl']:.4f}"
+        kl = f"{report['kl']:.4f}" if report["kl"] is not None else (
+            "undefined (non-finite logits)" if report.get("num_eval_images") else "n/a (no images)")
         click.echo(f"agreement with FP: {_pct(report['agreement'])}   KL(FP||quant): {kl}")
 
 
@@ -264,7 +265,7 @@ def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool
     click.echo(f"whole schedule ({iterations} iterations): SMI/dense speedup {r['speedup']:.2f}x, "
                f"FLOPs ratio {r['flops_ratio']:.2f}x")
     load = r["machine_load"]
-    click.echo(f"load average before: {load['before']['loadavg'][0]:.2f}; "
+    click.echo(f"load average at start: {(load['start'] or load['before'])['loadavg'][0]:.2f}; "
                + ("machine idle" if load["idle"] else "NOT idle: " + "; ".join(load["not_idle_because"])))
 
 

@@ -261,10 +261,15 @@ class CalibrationSet:
 
         Returns:
             The directory.
+
+        Raises:
+            DfqError: ``directory`` holds other files and is not a calibration set (nothing is written).
         """
         from safetensors.torch import save_file
 
         directory = Path(directory)
+        if directory.is_dir() and any(directory.iterdir()) and not is_calibration_dir(directory):
+            raise DfqError(f"{directory} holds other files; save a calibration set into a new or empty folder")
         directory.mkdir(parents=True, exist_ok=True)
         tensors = self._tensors()
         save_id = uuid.uuid4().hex
@@ -313,7 +318,7 @@ class CalibrationSet:
             raise DfqError(f"{tensor_path.name} and {meta_path.name} in {directory} come from different saves; save again")
         if {k: list(v.shape) for k, v in tensors.items()} != meta.get("shapes"):
             raise DfqError(f"tensor shapes in {tensor_path} disagree with {meta_path}; re-create the calibration set")
-        check_finite(tensors.items(), f"calibration set {tensor_path}")
+        check_finite(tensors.items(), f"calibration set {tensor_path}", "re-create the calibration set")
         try:
             return cls(
                 images=tensors["images"],
@@ -325,15 +330,21 @@ class CalibrationSet:
             raise DfqError(f"invalid calibration set in {directory} ({e}); re-create it") from e
 
 
+SET_FILES = frozenset({META_FILE, TENSORS_FILE, "preview.png"})
+"""Every file a calibration-set folder written by dfq holds."""
+
+
 def is_calibration_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a directory holding a set written by :meth:`CalibrationSet.save`
-    (its ``calibration.json`` names the dfq format; the tensors are not read)."""
-    meta_path = Path(path) / META_FILE
+    """Whether ``path`` is a folder written by :meth:`CalibrationSet.save` and nothing else: its
+    ``calibration.json`` names the dfq format and it holds only :data:`SET_FILES` (the tensors are
+    not read)."""
+    path = Path(path)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads((path / META_FILE).read_text())
+        names = {p.name for p in path.iterdir()}
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and meta.get("format") == _FORMAT
+    return isinstance(meta, dict) and meta.get("format") == _FORMAT and names <= SET_FILES
 
 
 def _atomic_write(final: Path, write: Callable[[Path], Any]) -> None:

@@ -181,7 +181,7 @@ def load_model(
         # seeded, so that a random model is the same in every process (a resumed inversion checks
         # the weights); the caller's global RNG state is left as it was
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+            torch.default_generator.manual_seed(0)  # CPU only: torch.manual_seed would reseed CUDA too
             model = timm.create_model(resolved, pretrained=False, **timm_kwargs)
     return model.eval()
 

@@ -160,9 +160,14 @@ def _calibration_set(job: CalibrationJob, model: nn.Module, cfg: dict[str, Any])
 
     args = dict(job.inversion_args)
     args.update(parse_overrides(get_inverter(job.inversion).config_cls, args.pop("settings", ())))
+    ckpt = Path(args["checkpoint_path"]) if args.get("checkpoint_path") else None
+    if ckpt is not None and ckpt.exists():  # calibrate has no --resume: never continue a stale run silently
+        raise DfqError(f"{ckpt} holds an interrupted inversion: finish it with `dfq invert ... --resume`, or delete it")
     calib = invert(
         model, job.inversion, device=job.device, progress=job.progress, num_images=job.num_images, seed=job.seed, **args
     )
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)  # this run's own checkpoint: the set is complete
     return dataclasses.replace(calib, provenance={**calib.provenance, "model": manifest})
 
 

@@ -187,7 +187,7 @@ def load(run: str | Path, model: nn.Module | None = None, device: str | torch.de
     except Exception as e:  # corrupt file: pickle/zip errors of many kinds
         raise DfqError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     recipe = blob["recipe"]
-    check_finite(blob["state_dict"].items(), f"{path}")
+    check_finite(blob["state_dict"].items(), f"{path}", "the run is corrupt; calibrate it again")
     if model is None:
         name = recipe["model"].get("name")
         if recipe["model"].get("source") != "timm" or not name:

@@ -48,3 +48,15 @@ def test_paired_noise_on_hand_made_logits() -> None:
     wrong = torch.roll(fp, 1, dims=1)
     p, (lo, hi) = ea.paired_noise(same, wrong, labels, fp)
     assert p == pytest.approx(2 / 64) and lo > 0
+
+
+def test_nonfinite_ort_output_fails_the_row() -> None:
+    """A graph that outputs NaN must get a FAIL verdict, not crash the table."""
+    ea = importlib.import_module("export_accuracy")
+    labels = torch.arange(6) % 3
+    fp = torch.nn.functional.one_hot(labels, 3).float() * 4
+    broken = fp.clone()
+    broken[2] = float("nan")
+    assert ea._metrics(broken, labels, fp)["kl"] != ea._metrics(broken, labels, fp)["kl"]  # NaN
+    p, ci = ea.paired_noise(fp, broken, labels, fp)
+    assert not ea.verdict(1.0, 1.0, 1.0, p, ci)["kl_within_noise"]

@@ -344,20 +344,64 @@ def test_resume_refuses_a_checkpoint_of_other_weights(tmp_path, capsys):
         paths.append(tmp_path / f"w{seed}.pth")
         torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), paths[-1])
     ckpt = tmp_path / "my.ckpt"
-    # an unfinished run of weights w0: a checkpoint after the first of two batches
+    settings = {"num_images": 2, "batch_size": 1, "iterations": 2, "progress": False}
+    # weights w0, uninterrupted: the reference, and (cut back to its first batch) the interrupted run
     model_a = dfq.load_model("test_vit", checkpoint=str(paths[0]))
-    dfq.invert(model_a, "deepinversion", num_images=1, iterations=2, checkpoint_path=str(ckpt), progress=False)
-    assert ckpt.is_file()
+    full = dfq.invert(model_a, "deepinversion", checkpoint_path=str(ckpt), **settings)
+    state = torch.load(ckpt, weights_only=True)
+    state["batch"] = 1
+    for key in ("done_images", "done_states", "best_losses", "final_losses"):
+        state[key] = state[key][:1]
+    torch.save(state, ckpt)
 
     def invert(weights: Path, *extra: str) -> tuple[int, str, str]:
         return run_cli(["invert", "--model", "test_vit", "--checkpoint", str(weights), "--device", "cpu",
-                        "--method", "deepinversion", "--num-images", "1", "--set", "iterations=2",
-                        "--set", f"checkpoint_path={ckpt}", "--out", str(tmp_path / "set"), "--json", *extra], capsys)  # fmt: skip
+                        "--method", "deepinversion", "--num-images", "2", "--set", "iterations=2",
+                        "--set", "batch_size=1", "--set", f"checkpoint_path={ckpt}", "--out", str(tmp_path / "set"),
+                        "--json", *extra], capsys)  # fmt: skip
 
     code, _, err = invert(paths[1], "--resume")
     assert code == 2 and "other model weights" in err and not (tmp_path / "set").exists()
     code, _, err = invert(paths[0])  # no --resume: an existing checkpoint is an error, not a silent resume
     assert code == 2 and "--resume" in err
-    code, stdout, err = invert(paths[0], "--resume")  # the right weights resume (here: nothing left to run)
+    code, stdout, err = invert(paths[0], "--resume")  # the right weights resume: the second batch runs
     assert code == 0, err
     assert json.loads(stdout)["resumed_from"] == [1, 0] and not ckpt.exists()
+    resumed = dfq.CalibrationSet.load(tmp_path / "set")
+    assert torch.equal(resumed.images, full.images)  # bit for bit the uninterrupted run
+    # checkpoint_path=none turns checkpointing off (it used to crash); an empty path is refused
+    code, _, err = run_cli(["invert", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--method",
+                            "deepinversion", "--num-images", "1", "--set", "iterations=1", "--set",
+                            "checkpoint_path=none", "--out", str(tmp_path / "no-ckpt")], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["invert", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--method",
+                            "deepinversion", "--num-images", "1", "--set", "checkpoint_path=",
+                            "--out", str(tmp_path / "empty")], capsys)  # fmt: skip
+    assert code == 2 and "must name a file" in err
+
+
+def test_calibrate_refuses_a_stale_inversion_checkpoint(tmp_path, image_folder, capsys):
+    """``calibrate`` has no --resume: a checkpoint at its --set checkpoint_path is an error; its own is removed."""
+    ckpt = tmp_path / "c.ckpt"
+    dfq.invert(dfq.load_model("test_vit", pretrained=False), "deepinversion", num_images=1, iterations=2,
+               checkpoint_path=str(ckpt), progress=False)  # fmt: skip
+    args = ["calibrate", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--inversion", "deepinversion",
+            "--num-images", "1", "--set", "iterations=2", "--set", f"checkpoint_path={ckpt}"]  # fmt: skip
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "dfq invert" in err and ckpt.exists() and not (tmp_path / "r").exists()
+    ckpt.unlink()
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert not ckpt.exists()
+
+
+def test_print_warns_of_nonfinite_logits(capsys):
+    from dfq.cli import _print
+
+    _print({"fp": {"top1": 0.5, "top5": 1.0, "num_nonfinite": 0}, "quant": {"top1": 0.0, "top5": 0.0,
+            "num_nonfinite": 3}, "agreement": 0.0, "kl": None, "num_eval_images": 4}, as_json=False)  # fmt: skip
+    out, err = capsys.readouterr()
+    assert "KL(FP||quant): undefined (non-finite logits)" in out
+    assert err.strip() == "warning: quant gave NaN/inf logits on 3 of 4 images (counted wrong)"
+    _print({"quant": {"top1": None, "top5": None}, "agreement": None, "kl": None, "num_eval_images": 0}, False)
+    assert "n/a (no images)" in capsys.readouterr().out

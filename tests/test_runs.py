@@ -72,3 +72,32 @@ def test_force_refuses_the_current_directory_and_its_parents(tmp_path: Path, mon
         with pytest.raises(DfqError, match="current directory"):
             check_output(out, overwrite=True)
     assert (here / RECIPE).is_file() and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]
+
+
+def test_a_set_folder_with_other_files_is_not_a_set(tmp_path: Path) -> None:
+    """Regression (review): saving a set into a user's folder made the whole folder replaceable by --force."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("x")
+    with pytest.raises(DfqError, match="holds other files"):
+        CalibrationSet(torch.zeros(1, 3, 4, 4)).save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.txt"]
+    calib = tmp_path / "set"
+    CalibrationSet(torch.zeros(1, 3, 4, 4)).save(calib)
+    CalibrationSet(torch.ones(1, 3, 4, 4)).save(calib)  # a set may be saved over
+    (calib / "notes.txt").write_text("mine")  # once the user puts a file in, it is not dfq's alone
+    assert not is_calibration_dir(calib)
+    with pytest.raises(DfqError, match="neither"):
+        check_output(calib, overwrite=True)
+
+
+def test_report_flags_nonfinite_logits(tmp_path: Path) -> None:
+    from dfq.runs import REPORT_JSON, REPORT_MD, write_report
+
+    report = {"model": {"name": "m"}, "fp": {"top1": 0.5, "top5": 1.0, "num_nonfinite": 0},
+              "quant": {"top1": 0.0, "top5": 0.0, "num_nonfinite": 7}, "agreement": 0.0, "kl": None,
+              "num_eval_images": 8}  # fmt: skip
+    write_report(tmp_path, report)
+    md = (tmp_path / REPORT_MD).read_text()
+    assert "quant gave NaN/inf logits on 7 images" in md and "fp gave" not in md
+    assert "mean KL(FP ‖ quant): —" in md and json.loads((tmp_path / REPORT_JSON).read_text())["kl"] is None

@@ -78,6 +78,8 @@ def load_checkpoint(spec: LoopSpec, labels: Tensor) -> dict[str, Any] | None:
         raise DfqError(
             f"{spec.checkpoint_path} is not a dfq inversion checkpoint; delete it or pick another path"
         )
+    if isinstance(ckpt.get("version"), int) and ckpt["version"] > _CHECKPOINT_VERSION:
+        raise DfqError(f"{spec.checkpoint_path} was written by a newer dfq (format {ckpt['version']}); upgrade dfq")
     if ckpt.get("version") != _CHECKPOINT_VERSION:
         raise DfqError(
             f"{spec.checkpoint_path} is a version-{ckpt.get('version')} inversion checkpoint, which does not "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -164,8 +165,8 @@ def benchmark_inversion(
             else None,
         }
 
-    sample = 1.0 if check_load else 0.0
-    with frozen_eval(model), measure_load(sample_seconds=sample, warn=check_load, start=load_start) as load:
+    load_record = measure_load(start=load_start) if check_load else nullcontext(None)
+    with frozen_eval(model), load_record as load:
         dense = measure(None, sparse=False)
         dense["iterations_in_run"] = iterations
         stages = []
@@ -189,7 +190,7 @@ def benchmark_inversion(
         "memory_note": "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
         else "not measured on CPU (None)",
-        "machine_load": load if check_load else None,
+        "machine_load": load,
         "dense": dense,
         "stages": stages,
         "dense_seconds_total": dense_total,

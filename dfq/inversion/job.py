@@ -100,9 +100,12 @@ def run_inversion(job: InversionJob, model: nn.Module | None = None) -> Calibrat
     settings = parse_overrides(entry.config_cls, job.settings)
     ckpt: Path | None = None  # this run's checkpoint file, removed once the set is written
     if "checkpoint_path" in {f.name for f in dataclasses.fields(entry.config_cls)}:
-        # --set checkpoint_path=... wins over OUT.ckpt
-        ckpt = Path(settings.setdefault("checkpoint_path", f"{job.out.rstrip('/')}.ckpt"))
-        if ckpt.exists() and not job.resume:
+        # --set checkpoint_path=... wins over OUT.ckpt; --set checkpoint_path=none turns checkpointing off
+        path = settings.setdefault("checkpoint_path", f"{job.out.rstrip('/')}.ckpt")
+        if path is not None and (not str(path).strip() or Path(path).is_dir()):
+            raise DfqError(f"checkpoint_path {path!r} must name a file (or be none)")
+        ckpt = Path(path) if path is not None else None
+        if ckpt is not None and ckpt.exists() and not job.resume:
             raise DfqError(f"{ckpt} holds an interrupted run: pass --resume to continue it, or delete it")
     elif job.resume:
         raise DfqError(f"inversion {job.method!r} does not checkpoint; --resume is not available for it")
