@@ -14,9 +14,7 @@ This module owns the two ways images reach a model:
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from dfq.atomic import atomic_write
 from dfq.checkpoints import check_finite
 from dfq.errors import DfqError
 
@@ -281,9 +280,9 @@ class CalibrationSet:
             "shapes": {k: list(v.shape) for k, v in tensors.items()},
             "provenance": self.provenance,
         }
-        _atomic_write(directory / TENSORS_FILE,
+        atomic_write(directory / TENSORS_FILE,
                       lambda tmp: save_file(tensors, str(tmp), metadata={"format": _FORMAT, "save_id": save_id}))
-        _atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
         return directory
 
     @classmethod
@@ -345,16 +344,3 @@ def is_calibration_dir(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == _FORMAT and names <= SET_FILES
-
-
-def _atomic_write(final: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``final``, then ``os.replace`` it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

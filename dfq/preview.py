@@ -8,7 +8,6 @@ person can see at a glance whether the foreground survived.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dfq.atomic import atomic_write
 from dfq.data import CalibrationSet
 
 __all__ = ["denormalize", "mask_stopped_patches", "save_preview", "model_patch_size"]
@@ -74,8 +74,4 @@ def save_preview(
         r, c = divmod(i, cols)
         canvas[:, r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = pixels[i]
     array = (canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfq import atomic
 from dfq.checkpoints import check_finite
 from dfq.config import QuantConfig
 from dfq.errors import DfqError
@@ -140,18 +141,14 @@ def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (:func:`dfq.atomic.write_json`)."""
+    atomic.write_json(path, data)
 
 
 def save_quant_state(run: Path, recipe: Mapping[str, Any], model: nn.Module) -> None:
     """Save the recipe and the full (float weights + quantizer ranges) state dict."""
-    tmp = run / f".{QUANT_STATE}.tmp"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"recipe": dict(recipe), "state_dict": state}, tmp)
-    os.replace(tmp, run / QUANT_STATE)
+    atomic.atomic_write(run / QUANT_STATE, lambda tmp: torch.save({"recipe": dict(recipe), "state_dict": state}, tmp))
 
 
 def read_recipe(run: str | Path) -> dict[str, Any]:
@@ -246,6 +243,4 @@ def write_report(run: Path, report: Mapping[str, Any]) -> None:
     if report.get("timings"):
         lines += ["", "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in report["timings"].items()]
-    tmp = run / f".{REPORT_MD}.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, run / REPORT_MD)
+    atomic.write_text(run / REPORT_MD, "\n".join(lines) + "\n")

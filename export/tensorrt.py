@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from dfq.atomic import atomic_write, write_json
 from dfq.errors import DfqError
 from dfq.export.runtime import import_tensorrt
 
@@ -117,18 +117,13 @@ def build_engine(
     if serialized is None:
         raise DfqError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(plan_path, bytes(serialized))
-    _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
-    report = layer_report(trt, bytes(serialized), logger)
+    plan_bytes, cache_bytes = bytes(serialized), bytes(config.get_timing_cache().serialize())
+    atomic_write(plan_path, lambda tmp: tmp.write_bytes(plan_bytes))
+    atomic_write(cache_path, lambda tmp: tmp.write_bytes(cache_bytes))
+    report = layer_report(trt, plan_bytes, logger)
     if report is not None:
-        plan_path.with_suffix(".layers.json").write_text(json.dumps(report, indent=1))
+        write_json(plan_path.with_suffix(".layers.json"), report)
     return plan_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def layer_report(trt: Any, plan: bytes, logger: Any) -> dict[str, Any] | None:

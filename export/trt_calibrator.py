@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from dfq.atomic import atomic_write, write_text
 from dfq.errors import DfqError
 
 __all__ = [
@@ -66,9 +67,7 @@ def write_calibration_cache(
         if not scale > 0 or scale != scale or scale == float("inf"):
             raise DfqError(f"scale of {name!r} must be positive and finite, got {scale}")
         lines.append(f"{name}: {struct.pack('>f', float(scale)).hex()}")
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def read_calibration_cache(path: str | Path) -> tuple[str, dict[str, float]]:
@@ -208,6 +207,6 @@ def make_trt_calibrator(
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data: Any) -> None:
-            cache.write_bytes(bytes(data))
+            atomic_write(cache, lambda tmp: tmp.write_bytes(bytes(data)))
 
     return _Calibrator()

@@ -68,6 +68,7 @@ DOCTESTED = [
     "dfq.evaluation",
     "dfq.checkpoints",
     "dfq.loadcheck",
+    "dfq.atomic",
 ]
 
 

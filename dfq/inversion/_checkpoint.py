@@ -9,7 +9,6 @@ aside) and target labels.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from dfq.atomic import atomic_write
 from dfq.errors import DfqError
 
 if TYPE_CHECKING:
@@ -47,9 +47,7 @@ def _config_key(config: Any) -> dict[str, Any]:
 
 def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def to_cpu(value: Any) -> Any:
