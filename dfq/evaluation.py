@@ -26,6 +26,7 @@ __all__ = [
     "classification_metrics",
     "per_image_kl",
     "evaluate",
+    "batched_logits",
 ]
 
 Predictor = Callable[[Tensor], Tensor]
@@ -255,3 +256,43 @@ def evaluate(
     ref_metrics = classification_metrics(outputs[1], labels)
     metrics["reference"] = {k: ref_metrics[k] for k in ("top1", "top5", "num_nonfinite")}
     return metrics
+
+
+def batched_logits(predictor: Predictor | nn.Module, images: Tensor, batch_size: int = 50) -> Tensor:
+    """Logits of a predictor or module over an image tensor already in memory, in batches.
+
+    A module runs through :class:`TorchPredictor` (eval mode for the call, the module's device and
+    floating dtype, ``torch.inference_mode()``, float32 logits on the CPU); any other predictor is
+    called as it is, also under ``torch.inference_mode()``. The evaluation loops that compare many
+    variants on the same images compute their inputs once and call this for every variant.
+
+    Args:
+        predictor: a :data:`Predictor` or an ``nn.Module``.
+        images: ``(N, 3, H, W)`` model-input images.
+        batch_size: images per call; the last batch may be smaller.
+
+    Returns:
+        float32 ``(N, C)`` logits on the CPU.
+
+    Raises:
+        ValueError: no images, ``batch_size < 1``, or a predictor returning logits of the wrong shape.
+
+    >>> batched_logits(nn.Flatten(), torch.arange(10.0).reshape(5, 2, 1, 1), batch_size=2).tolist()
+    [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if len(images) == 0:
+        raise ValueError("no images to run")
+    run = _as_predictor(predictor)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            logits = torch.as_tensor(run(batch)).float().cpu()
+            if logits.dim() != 2 or logits.shape[0] != len(batch):
+                raise ValueError(
+                    f"predictor returned logits of shape {tuple(logits.shape)} for {len(batch)} images; expected (B, C)"
+                )
+            outputs.append(logits)
+    return torch.cat(outputs)

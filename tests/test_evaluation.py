@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dfq.evaluation import TorchPredictor, classification_metrics, evaluate, predict_logits
+from dfq.evaluation import TorchPredictor, batched_logits, classification_metrics, evaluate, predict_logits
 
 # 5 images, 6 classes. Ranks use a stable descending sort: equal logits go to the lower class id.
 TABLE = torch.tensor(
@@ -192,3 +192,43 @@ def test_nonfinite_logits_count_as_wrong_and_are_reported() -> None:
     loader = [(torch.zeros(4, 1), labels)]
     out = evaluate(lambda x: all_nan, loader, reference=lambda x: ref, progress=False)
     assert out["num_nonfinite"] == 4 and out["reference"]["num_nonfinite"] == 0 and out["top1"] == 0.0
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 10, 50])
+def test_batched_logits_equal_one_forward(batch_size: int) -> None:
+    images, _ = _data(10)
+    model = _linear().train()
+    with torch.no_grad():
+        expected = model.eval()(images)
+    model.train()
+    out = batched_logits(model, images, batch_size=batch_size)
+    assert out.dtype == torch.float32 and torch.allclose(out, expected, atol=1e-6)
+    assert model.training  # its mode is back
+
+
+def test_batched_logits_of_a_predictor_and_a_float64_module() -> None:
+    images, _ = _data(7)
+    sizes: list[int] = []
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(x))
+        assert torch.is_inference_mode_enabled()
+        return x.flatten(1)[:, :4].double()
+
+    out = batched_logits(predictor, images, batch_size=3)
+    assert sizes == [3, 3, 1] and out.dtype == torch.float32
+    assert torch.equal(out, images.flatten(1)[:, :4])
+    model64 = _linear().double().eval()  # images are cast to the module's dtype, logits come back float32
+    with torch.no_grad():
+        expected = model64(images.double()).float()
+    assert torch.equal(batched_logits(model64, images, batch_size=4), expected)
+
+
+def test_batched_logits_errors() -> None:
+    images, _ = _data(4)
+    with pytest.raises(ValueError, match="batch_size"):
+        batched_logits(_linear(), images, batch_size=0)
+    with pytest.raises(ValueError, match="no images"):
+        batched_logits(_linear(), images[:0])
+    with pytest.raises(ValueError, match=r"expected \(B, C\)"):
+        batched_logits(lambda x: x[:1].flatten(1), images, batch_size=2)
