@@ -1,8 +1,9 @@
 """The real models and labelled images of ``../shared/assets`` (``DFQ_ASSETS``), for benchmark scripts.
 
 Each loader returns ``(float model in eval mode, data config, images, labels)`` with the images already
-preprocessed for that model, plus :func:`calibration_images` for the real-image calibration source and
-:func:`batched_logits` to run a model or predictor over such an image tensor.
+preprocessed for that model, plus :func:`calibration_images` for the real-image calibration source. Running
+models over those images and scoring them is the package's (:class:`dfq.quant.variants.VariantEvaluator`,
+:func:`dfq.evaluation.batched_logits`).
 """
 
 from __future__ import annotations
@@ -91,8 +92,3 @@ def calibration_images(name: str, assets: Path, cfg: dict, images: torch.Tensor,
         return images[-n:]
     return load_image_tensor(imagenet_val(assets), eval_transform(cfg), n)
 
-
-def batched_logits(fn, images: torch.Tensor, batch: int = 50) -> torch.Tensor:  # noqa: ANN001
-    """``fn`` (a module or predictor) over ``images`` in batches of ``batch``, without autograd."""
-    with torch.inference_mode():
-        return torch.cat([fn(images[i : i + batch]) for i in range(0, len(images), batch)])

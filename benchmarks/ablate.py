@@ -17,26 +17,22 @@ Variant syntax: ``PRESET[:key=value[,key=value...]]`` with keys ``act`` (activat
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _assets import batched_logits, mobilenet_model  # noqa: E402
+from _assets import mobilenet_model  # noqa: E402
 
 import dfq  # noqa: E402
 from dfq.config import QuantConfig, preset  # noqa: E402
 from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
-from dfq.evaluation import classification_metrics  # noqa: E402
 from dfq.models import data_config, eval_transform, load_model  # noqa: E402
-from dfq.quant.calibrate import activation_quantizers, calibrate  # noqa: E402
-from dfq.quant.transform import quantize_  # noqa: E402
+from dfq.quant.variants import VariantEvaluator, calibrated_copy, image_batches_loop  # noqa: E402
 
 
 def _deit_tiny(assets: Path) -> torch.nn.Module:
@@ -129,31 +125,25 @@ def main() -> int:
 
     noise = dfq.invert(model, "noise", num_images=args.num_calib, seed=0).images
 
-    def logits_of(m: torch.nn.Module) -> torch.Tensor:
-        return batched_logits(m, images, batch=100)
+    def build(variant: str) -> torch.nn.Module:
+        qcfg, opts = parse_variant(variant)
+        calib = noise if opts.get("calib", "real") == "noise" else real(int(opts.get("seed", 0)))
+        return calibrated_copy(model, qcfg, image_batches_loop(calib, 32))
 
-    fp = logits_of(model)
-    fp_m = classification_metrics(fp, labels)
+    ev = VariantEvaluator(model, images, labels, batch_size=100)
+    fp_m = ev.reference_metrics
     print(f"FP {args.model}: top-1 {fp_m['top1']:.4f} top-5 {fp_m['top5']:.4f} on {len(labels)} images")
     rows = [{"variant": "fp", **fp_m}]
     variants = args.variants + (NOISE_STUDY if args.study == "noise-placement" else [])
     print(f"{'variant':60s} {'top1':>7s} {'Δtop1':>7s} {'agree':>7s} {'KL':>7s} {'sec':>5s}")
-    for v in variants:
-        t0 = time.perf_counter()
-        qcfg, opts = parse_variant(v)
-        seed = int(opts.get("seed", 0))
-        calib = noise if opts.get("calib", "real") == "noise" else real(seed)
-        q = quantize_(copy.deepcopy(model), qcfg)
-        if activation_quantizers(q) or qcfg.bias_correction != "off":
-            calibrate(q, lambda m, c=calib: [m(c[i : i + 32]) for i in range(0, len(c), 32)])
-        m = classification_metrics(logits_of(q), labels, reference_logits=fp)
-        dt = time.perf_counter() - t0
+    for r in ev.run((v, lambda v=v: build(v)) for v in variants):
+        m, dt = r.metrics, r.seconds
         print(
-            f"{v:60s} {m['top1']:7.4f} {100 * (m['top1'] - fp_m['top1']):+7.2f} {m['agreement']:7.4f} "
+            f"{r.name:60s} {m['top1']:7.4f} {100 * (m['top1'] - fp_m['top1']):+7.2f} {m['agreement']:7.4f} "
             f"{m['kl']:7.4f} {dt:5.0f}",
             flush=True,
         )
-        rows.append({"variant": v, **m, "seconds": round(dt, 1)})
+        rows.append({"variant": r.name, **m, "seconds": round(dt, 1)})
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -21,7 +21,6 @@ the smallest set holds).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -32,20 +31,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _assets import MODELS, batched_logits, calibration_images, default_assets, load  # noqa: E402
+from _assets import MODELS, calibration_images, default_assets, load  # noqa: E402
 
 from dfq.config import preset  # noqa: E402
 from dfq.data import CalibrationSet  # noqa: E402
-from dfq.evaluation import classification_metrics  # noqa: E402
-from dfq.pipeline import calibration_forward_loop  # noqa: E402
-from dfq.quant.calibrate import activation_quantizers, calibrate  # noqa: E402
-from dfq.quant.transform import quantize_  # noqa: E402
-
-
-def subset(calib: CalibrationSet, index: torch.Tensor) -> CalibrationSet:
-    keep = None if calib.keep_index is None else calib.keep_index[index]
-    labels = None if calib.labels is None else calib.labels[index]
-    return CalibrationSet(calib.images[index], labels, keep, calib.provenance)
+from dfq.jobs.calibrate import calibration_forward_loop  # noqa: E402
+from dfq.quant.calibrate import activation_quantizers  # noqa: E402
+from dfq.quant.variants import VariantEvaluator, calibrated_copy  # noqa: E402
+from dfq.sets import select_images  # noqa: E402
 
 
 def site_ranges(q: torch.nn.Module) -> dict[str, float]:
@@ -103,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: --subset must be between 1 and the smallest set's {smallest} images")
 
     qcfg = preset(args.scheme, args.numerics)
-    fp = batched_logits(model, images)
-    fp_m = classification_metrics(fp, labels)
+    ev = VariantEvaluator(model, images, labels)
+    fp_m = ev.reference_metrics
     print(f"{len(labels)} images; FP top-1 {fp_m['top1']:.4f}; {args.scheme}-{args.numerics}; "
           f"{args.draws} draws of {args.subset} images per source")
     g = torch.Generator().manual_seed(0)
@@ -116,13 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         per_draw = []
         for d, index in enumerate([None, *draws]):
             t0 = time.perf_counter()
-            part = calib if index is None else subset(calib, index)
-            q = quantize_(copy.deepcopy(model), qcfg)
-            calibrate(q, calibration_forward_loop(part, 32, "cpu", progress=False, dense=dense))
+            part = calib if index is None else select_images(calib, index)
+            q = calibrated_copy(model, qcfg, calibration_forward_loop(part, 32, "cpu", progress=False, dense=dense))
             if index is None:
                 ranges[name] = site_ranges(q)
-            logits = batched_logits(q, images)
-            m = classification_metrics(logits, labels, reference_logits=fp)
+            m = ev.evaluate(name, q).metrics
             row = {"source": name, "draw": "all" if index is None else d - 1, "images": len(part),
                    "top1": m["top1"], "agreement": m["agreement"], "kl": m["kl"]}
             rows.append(row)

@@ -12,7 +12,6 @@ and KL against the FP model on the evaluation images, all in one process.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -21,16 +20,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 from _assets import calibration_images, default_assets, load  # noqa: E402
 
 import dfq  # noqa: E402
 from dfq.config import preset  # noqa: E402
-from dfq.evaluation import classification_metrics  # noqa: E402
 from dfq.inversion.overrides import parse_overrides  # noqa: E402
 from dfq.inversion.registry import get_inverter  # noqa: E402
-from dfq.quant.calibrate import calibrate  # noqa: E402
-from dfq.quant.transform import quantize_  # noqa: E402
+from dfq.quant.variants import VariantEvaluator, calibrated_copy, image_batches_loop  # noqa: E402
 
 
 def main() -> int:
@@ -47,9 +43,9 @@ def main() -> int:
     model, cfg, images, labels = load(args.model, assets, args.eval_images)
     real = calibration_images(args.model, assets, cfg, images, args.num_images)
 
-    with torch.inference_mode():
-        fp = model(images)
-    print(f"FP {args.model}: top-1 {classification_metrics(fp, labels)['top1']:.4f} on {len(labels)} images")
+    # every model runs on all evaluation images in one batch, as the figures in BENCHMARKS.md were made
+    ev = VariantEvaluator(model, images, labels, batch_size=len(images))
+    print(f"FP {args.model}: top-1 {ev.reference_metrics['top1']:.4f} on {len(labels)} images")
     rows = []
     for source in args.sources:
         t0 = time.perf_counter()
@@ -61,10 +57,7 @@ def main() -> int:
             calib = dfq.invert(model, source, num_images=args.num_images, seed=0, **extra).images
         made = time.perf_counter() - t0
         for scheme in ("w8a8", "w4a8"):
-            q = quantize_(copy.deepcopy(model), preset(scheme))
-            calibrate(q, lambda m, c=calib: [m(c[i : i + 64]) for i in range(0, len(c), 64)])
-            with torch.inference_mode():
-                m = classification_metrics(q(images), labels, reference_logits=fp)
+            m = ev.evaluate(scheme, calibrated_copy(model, preset(scheme), image_batches_loop(calib, 64))).metrics
             print(
                 f"{source:14s} {scheme}: top-1 {m['top1']:.4f} agreement {m['agreement']:.4f} "
                 f"KL {m['kl']:.4f} (set made in {made:.0f} s)",

@@ -32,8 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _assets import MODELS, batched_logits, calibration_images, default_assets, load  # noqa: E402
-from paired_runs import interval, mcnemar_p  # noqa: E402
+from _assets import MODELS, calibration_images, default_assets, load  # noqa: E402
 
 from dfq.config import preset  # noqa: E402
 from dfq.evaluation import classification_metrics, per_image_kl  # noqa: E402
@@ -41,8 +40,8 @@ from dfq.export.checker import check_onnx  # noqa: E402
 from dfq.export.onnx import export_onnx  # noqa: E402
 from dfq.export.parity import compare_logits  # noqa: E402
 from dfq.export.runtime import ort_predictor  # noqa: E402
-from dfq.quant.calibrate import calibrate  # noqa: E402
-from dfq.quant.transform import quantize_  # noqa: E402
+from dfq.quant.variants import VariantEvaluator, calibrated_copy, image_batches_loop  # noqa: E402
+from dfq.stats import paired_comparison  # noqa: E402
 
 
 def _metrics(logits: torch.Tensor, labels: torch.Tensor, fp: torch.Tensor) -> dict[str, float]:
@@ -81,12 +80,13 @@ def verdict(
 def paired_noise(
     torch_logits: torch.Tensor, ort_logits: torch.Tensor, labels: torch.Tensor, fp: torch.Tensor
 ) -> tuple[float, tuple[float, float]]:
-    """McNemar p of torch vs ORT top-1 and the 95% bootstrap CI of mean KL(FP‖ORT) − KL(FP‖torch)."""
-    right_t, right_o = torch_logits.argmax(1) == labels, ort_logits.argmax(1) == labels
-    p = mcnemar_p(int((right_t & ~right_o).sum()), int((right_o & ~right_t).sum()))
-    d_kl = per_image_kl(fp, ort_logits) - per_image_kl(fp, torch_logits)
-    resamples = torch.randint(0, len(labels), (2000, len(labels)), generator=torch.Generator().manual_seed(0))
-    return p, interval(d_kl, resamples)
+    """McNemar p of torch vs ORT top-1 and the 95% bootstrap CI of mean KL(FP‖ORT) − KL(FP‖torch)
+    (:func:`dfq.stats.paired_comparison`, 2000 resamples, seed 0; ``(nan, nan)`` when a KL is not finite)."""
+    c = paired_comparison(
+        ort_logits.argmax(1) == labels, torch_logits.argmax(1) == labels,
+        per_image_kl(fp, ort_logits), per_image_kl(fp, torch_logits),
+    )
+    return c.mcnemar_p, c.kl_ci
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,23 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         model, cfg, images, labels = load(name, args.assets, args.eval_images)
         calib = calibration_images(name, args.assets, cfg, images, 64 if name.startswith("resnet") else 32)
-        fp = batched_logits(model, images)
-        fp_top1 = classification_metrics(fp, labels)["top1"]
+        ev = VariantEvaluator(model, images, labels)
+        fp, fp_top1 = ev.reference_logits, ev.reference_metrics["top1"]
         print(f"{name}: FP top-1 {fp_top1:.4f} on {len(labels)} images", flush=True)
         for scheme in args.schemes:
             t0 = time.perf_counter()
-            q = calibrate(
-                quantize_(copy.deepcopy(model), preset(scheme)),
-                lambda m, c=calib: [m(b) for b in c.split(32)],
-            )
+            q = calibrated_copy(model, preset(scheme), image_batches_loop(calib, 32))
             path = export_onnx(q, tmp / f"{name}-{scheme}.onnx", input_shape=tuple(cfg["input_size"]))
             findings = check_onnx(path)
-            fq = batched_logits(q, images)
-            ort = batched_logits(ort_predictor(path, threads=args.threads), images)
-            ort_plain = batched_logits(ort_predictor(path, threads=args.threads, optimize=False), images)
+            fq = ev.logits(q)
+            ort = ev.logits(ort_predictor(path, threads=args.threads))
+            ort_plain = ev.logits(ort_predictor(path, threads=args.threads, optimize=False))
             gap = compare_logits(fq, ort)
-            q64 = copy.deepcopy(q).double()  # the same fake-quant model, only the float precision changed
-            fq64 = batched_logits(lambda b, m=q64: m(b.double()).float(), images)
+            fq64 = ev.logits(copy.deepcopy(q).double())  # the same fake-quant model in float64 (float32 logits)
             errors = [f for f in findings if f.severity == "error"]
             agreement = {
                 "torch_ort": round(gap["agreement"], 4),

@@ -4,7 +4,7 @@ Calibration on an SMI set forwards only the kept tokens (46 patches + CLS by def
 of a KL difference between an SMI set and a dense set comes from calibrating on fewer tokens rather
 than from the images, give the dense images the same number of kept tokens, chosen at random or by
 the model's last-layer CLS attention on the final images (SMI's criterion, applied once at the end),
-and calibrate on the copy with ``dfq calibrate --calib-set``.
+and calibrate on the copy with ``dfq calibrate --calib-set`` (the selection is :mod:`dfq.sets`).
 
     python benchmarks/keep_subset.py runs/sets/di-dt-32 runs/sets/di-dt-32-rand46 --keep 46 --by random \
         --model deit_tiny --checkpoint ../shared/assets/weights/deit_tiny_patch16_224.pth
@@ -19,11 +19,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
 from dfq.data import CalibrationSet  # noqa: E402
 from dfq.models import load_model  # noqa: E402
-from dfq.vit import forward_tokens  # noqa: E402
+from dfq.sets import attention_patches, random_patches, with_kept_patches  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,15 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.checkpoint is None).eval()
     num_patches = model.patch_embed.num_patches
     if args.by == "attention":
-        with torch.no_grad():
-            attn = torch.cat([forward_tokens(model, b, None, return_cls_attn=True)[1] for b in src.images.split(16)])
-        patches = attn.topk(args.keep, dim=1).indices
+        patches = attention_patches(model, src.images, args.keep)
     else:
-        g = torch.Generator().manual_seed(args.seed)
-        patches = torch.stack([torch.randperm(num_patches, generator=g)[: args.keep] for _ in range(len(src))])
-    keep = torch.cat([torch.zeros(len(src), 1, dtype=torch.int64), patches.sort(dim=1).values + 1], dim=1)
-    provenance = dict(src.provenance, keep_subset={"source": str(args.source), "keep": args.keep, "by": args.by})
-    CalibrationSet(src.images, src.labels, keep, provenance).save(args.out)
+        patches = random_patches(len(src), num_patches, args.keep, args.seed)
+    note = {"source": str(args.source), "keep": args.keep, "by": args.by}
+    with_kept_patches(src, patches, note).save(args.out)
     print(f"{len(src)} images with {args.keep} of {num_patches} patches kept ({args.by}) -> {args.out}")
     return 0
 

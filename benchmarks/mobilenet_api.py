@@ -1,4 +1,4 @@
-"""MobileNet-v1 0.25 W8A8 through the Python API: a model built by the caller, one ``run_calibration``.
+"""MobileNet-v1 0.25 W8A8 through the Python API: a model built by the caller, one ``run_calibrate``.
 
 The shared MobileNet-v1 weights are not a timm pretrained tag: the caller builds the architecture
 (TF "same" padding, BN eps 1e-3) and passes its preprocessing (``x / 127.5 - 1``, i.e. mean = std =
@@ -10,7 +10,6 @@ The shared MobileNet-v1 weights are not a timm pretrained tag: the caller builds
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -20,8 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _assets import default_assets, mobilenet_model  # noqa: E402
 
-from dfq.config import preset  # noqa: E402
-from dfq.pipeline import CalibrationJob, run_calibration  # noqa: E402
+from dfq.jobs import CalibrateRequest, CalibrationSource, quant_config_from_options, run_calibrate  # noqa: E402
 
 
 def main() -> int:
@@ -35,25 +33,20 @@ def main() -> int:
     assets = Path(args.assets)
 
     model = mobilenet_model(assets)
-    config = preset(args.scheme)
-    config = dataclasses.replace(
-        config,
-        act=dataclasses.replace(config.act, calibrator=args.calibrator),
-        bias_correction=args.bias_correction,
-    )
+    config = quant_config_from_options(args.scheme, calibrator=args.calibrator, bias_correction=args.bias_correction)
     folder = str(assets / "data" / "imagenet-sample" / "val")
-    job = CalibrationJob(
+    request = CalibrateRequest(
         out=args.out,
         config=config,
+        source=CalibrationSource.folder(folder),
         model="mobilenet_v1_025 (caller-built)",
-        calib_folder=folder,
         num_images=32,
         eval_folder=folder,
         data_overrides={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
         overwrite=True,
         device="cpu",
     )
-    report = run_calibration(job, model=model)
+    report = run_calibrate(request, model=model)
     print(json.dumps({k: report[k] for k in ("fp", "quant", "agreement", "kl")}, indent=2))
     return 0
 

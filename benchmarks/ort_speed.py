@@ -20,7 +20,6 @@ busy processes before and after the timed rounds go into the JSON (``machine_loa
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -35,15 +34,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from dfq.config import for_onnxruntime, preset  # noqa: E402
-from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
-from dfq.evaluation import classification_metrics  # noqa: E402
+from dfq.data import Transform, labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
+from dfq.evaluation import Predictor, classification_metrics  # noqa: E402
 from dfq.export.latency import time_rounds  # noqa: E402
 from dfq.export.onnx import export_onnx  # noqa: E402
 from dfq.export.runtime import ort_predictor  # noqa: E402
 from dfq.loadcheck import measure_load, snapshot  # noqa: E402
 from dfq.models import data_config, eval_transform, load_model  # noqa: E402
-from dfq.quant.calibrate import calibrate  # noqa: E402
-from dfq.quant.transform import quantize_  # noqa: E402
+from dfq.quant.variants import VariantEvaluator, calibrated_copy, image_batches_loop  # noqa: E402
 
 
 def time_batch(result: dict, preds: dict, calib: torch.Tensor, bs: int, args: argparse.Namespace) -> None:
@@ -141,6 +139,24 @@ def fused_ops(path: Path, tmp: Path, threads: int) -> dict[str, int]:
     return {k: v for k, v in sorted(counts.items()) if any(s in k for s in keep)}
 
 
+def accuracy(
+    preds: dict[str, Predictor], qmodels: dict[str, torch.nn.Module], folder: str, transform: Transform, num_images: int
+) -> dict:
+    """Top-1, agreement and KL to the FP32 graph of every graph and of the torch fake-quant models, on a
+    seed-0 draw of ``num_images`` labelled images of ``folder`` (batches of 16)."""
+    ds = labelled_imagenet_folder(folder, transform)
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:num_images].tolist()
+    images, labels = zip(*make_loader(torch.utils.data.Subset(ds, idx), batch_size=16), strict=True)
+    ev = VariantEvaluator(preds["fp32"], torch.cat(images), torch.cat([torch.as_tensor(y) for y in labels]), 16)
+    fp32 = classification_metrics(ev.reference_logits, ev.labels, ev.reference_logits)
+    results = {"fp32": fp32} | {
+        r.name: r.metrics for r in ev.run((k, lambda p=p: p) for k, p in preds.items() if k != "fp32")
+    }
+    results |= {r.name: r.metrics for r in ev.run((f"{k}_torch_fake_quant", q) for k, q in qmodels.items())}
+    picked = {k: {m: v for m, v in ms.items() if m in ("top1", "agreement", "kl")} for k, ms in results.items()}
+    return {**picked, "num_images": len(ev.labels)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="deit_tiny")
@@ -174,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     fp32 = export_fp32(model, tmp / "fp32.onnx", shape)
     qmodels = {
-        name: calibrate(quantize_(copy.deepcopy(model), cfg), lambda m: [m(b) for b in calib.split(8)])
+        name: calibrated_copy(model, cfg, image_batches_loop(calib, 8))
         for name, cfg in (("dfq", preset(args.scheme)), ("dfq_ort", for_onnxruntime(preset(args.scheme))))
     }
     paths = {"fp32": fp32}
@@ -189,32 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             time_batch(result, preds, calib, bs, args)
     result["machine_load"] = load
     if args.eval_images:
-        ds = labelled_imagenet_folder(args.images, transform)
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: args.eval_images].tolist()
-        loader = make_loader(torch.utils.data.Subset(ds, idx), batch_size=16)
-        logits: dict[str, list[torch.Tensor]] = {k: [] for k in preds}
-        labels = []
-        for images, lab in loader:
-            labels.append(torch.as_tensor(lab))
-            for k, pred in preds.items():
-                logits[k].append(pred(images))
-        with torch.no_grad():
-            torch_fq = {k: torch.cat([q(images) for images, _ in loader]) for k, q in qmodels.items()}
-        lab = torch.cat(labels)
-        ref = torch.cat(logits["fp32"])
-        result["accuracy"] = {
-            k: {
-                m: v
-                for m, v in classification_metrics(torch.cat(v), lab, ref).items()
-                if m in ("top1", "agreement", "kl")
-            }
-            for k, v in logits.items()
-        }
-        for k, v in torch_fq.items():
-            result["accuracy"][f"{k}_torch_fake_quant"] = {
-                m: x for m, x in classification_metrics(v, lab, ref).items() if m in ("top1", "agreement", "kl")
-            }
-        result["accuracy"]["num_images"] = len(lab)
+        result["accuracy"] = accuracy(preds, qmodels, args.images, transform, args.eval_images)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -4,7 +4,8 @@ On a few hundred images the top-1 of two calibrations differs by a handful of im
 "79.6 vs 78.8" says nothing. This script rebuilds each run (:func:`dfq.load`), evaluates all of them
 and the FP model on the same images and prints, for every run against the first (the baseline), the
 top-1 difference with a 95% bootstrap interval (2000 resamples of the images, seed 0), the exact
-McNemar test on the discordant images, and the mean KL(FP ‖ run) difference with its interval.
+McNemar test on the discordant images, and the mean KL(FP ‖ run) difference with its interval
+(:func:`dfq.stats.paired_comparison`).
 
     python benchmarks/paired_runs.py --model deit_tiny runs/dt-w8a8-di-trt runs/dt-w8a8-smi runs/dt-w8a8-noise
 """
@@ -12,7 +13,6 @@ McNemar test on the discordant images, and the mean KL(FP ‖ run) difference wi
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -20,29 +20,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _assets import MODELS, batched_logits, default_assets, load  # noqa: E402
+from _assets import MODELS, default_assets, load  # noqa: E402
 
 import dfq  # noqa: E402
 from dfq.evaluation import per_image_kl  # noqa: E402
-
-
-def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value (binomial test on the discordant pairs).
-
-    >>> mcnemar_p(0, 0), round(mcnemar_p(9, 13), 3), round(mcnemar_p(0, 6), 4)
-    (1.0, 0.523, 0.0312)
-    """
-    n, k = only_a + only_b, min(only_a, only_b)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
-def interval(values: torch.Tensor, resamples: torch.Tensor) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of ``values`` over the given resample indices."""
-    means = values[resamples].mean(dim=1).sort().values
-    lo, hi = int(0.025 * len(means)), int(0.975 * len(means)) - 1
-    return float(means[lo]), float(means[hi])
+from dfq.quant.variants import VariantEvaluator  # noqa: E402
+from dfq.stats import bootstrap_resamples, paired_comparison  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,29 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, _, images, labels = load(args.model, args.assets, args.eval_images)
 
-    fp = batched_logits(model, images)
-    results = {}
-    for run in args.runs:
-        q = batched_logits(dfq.load(run), images)
-        results[run.name] = (q.argmax(-1), per_image_kl(fp, q))
-    resamples = torch.randint(0, len(labels), (2000, len(labels)), generator=torch.Generator().manual_seed(0))
-    print(f"{len(labels)} images; FP top-1 {(fp.argmax(-1) == labels).float().mean():.4f}")
-    for name, (pred, kl) in results.items():
-        agree = (pred == fp.argmax(-1)).float().mean()
-        print(f"{name}: top-1 {(pred == labels).float().mean():.4f}, agreement {agree:.4f}, KL {kl.mean():.4f}")
+    ev = VariantEvaluator(model, images, labels)
+    fp = ev.reference_logits
+    results = {r.name: r for r in ev.run((run.name, lambda run=run: dfq.load(run)) for run in args.runs)}
+    kls = {name: per_image_kl(fp, r.logits) for name, r in results.items()}
+    print(f"{len(labels)} images; FP top-1 {ev.reference_metrics['top1']:.4f}")
+    for name, r in results.items():
+        print(f"{name}: top-1 {r.metrics['top1']:.4f}, agreement {r.metrics['agreement']:.4f}, KL {kls[name].mean():.4f}")
     base = args.runs[0].name
     print(f"\n| vs {base} | top-1 Δ (95% CI) | McNemar only run / only base right, p | KL Δ (95% CI) |")
     print("|---|---|---|---|")
-    right_b, kl_b = results[base][0] == labels, results[base][1]
-    for name, (pred, kl) in list(results.items())[1:]:
-        right = pred == labels
-        d_top1 = right.float() - right_b.float()
-        (t_lo, t_hi), (k_lo, k_hi) = interval(d_top1, resamples), interval(kl - kl_b, resamples)
-        only_a, only_b = int((right & ~right_b).sum()), int((~right & right_b).sum())
+    resamples = bootstrap_resamples(len(labels))
+    right_b = results[base].logits.argmax(-1) == labels
+    for name, r in list(results.items())[1:]:
+        c = paired_comparison(r.logits.argmax(-1) == labels, right_b, kls[name], kls[base], resamples)
+        (t_lo, t_hi), (k_lo, k_hi) = c.top1_ci, c.kl_ci
         print(
-            f"| {name} | {100 * d_top1.mean():+.1f} pt ({100 * t_lo:+.1f}, {100 * t_hi:+.1f}) | "
-            f"{only_a} / {only_b}, p = {mcnemar_p(only_a, only_b):.2f} | "
-            f"{(kl - kl_b).mean():+.4f} ({k_lo:+.4f}, {k_hi:+.4f}) |"
+            f"| {name} | {100 * c.top1_diff:+.1f} pt ({100 * t_lo:+.1f}, {100 * t_hi:+.1f}) | "
+            f"{c.only_candidate} / {c.only_baseline}, p = {c.mcnemar_p:.2f} | "
+            f"{c.kl_diff:+.4f} ({k_lo:+.4f}, {k_hi:+.4f}) |"
         )
     return 0
 

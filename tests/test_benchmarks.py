@@ -1,17 +1,22 @@
-"""The pure helpers of the scripts in ``benchmarks/`` (the scripts themselves need the shared assets):
-their doctests, and the export verdict of ``export_accuracy.py`` on hand-made rows."""
+"""The scripts in ``benchmarks/`` (the runs themselves need the shared assets): every script answers
+``--help``, the doctests of their helpers pass, and the export verdict of ``export_accuracy.py`` holds on
+hand-made rows. The scripts import their siblings (``_assets``) from their own folder, as they do when run."""
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+DOCTESTED = sorted(p.stem for p in BENCHMARKS.glob("*.py") if ">>>" in p.read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -21,7 +26,18 @@ def _on_path() -> None:
     sys.path.remove(str(BENCHMARKS))
 
 
-@pytest.mark.parametrize("name", ["export_accuracy", "paired_runs"])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script: str) -> None:
+    """Each script parses ``--help`` from the repository root: its imports resolve and its CLI is built."""
+    r = subprocess.run(
+        [sys.executable, str(Path("benchmarks") / script), "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(f"usage: {script}"), r.stdout[:200]
+
+
+@pytest.mark.parametrize("name", DOCTESTED)
 def test_doctests(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
