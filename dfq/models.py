@@ -7,7 +7,7 @@ This module owns the edge where a user's model reference becomes an ``nn.Module`
 * local checkpoints, read by :mod:`dfq.checkpoints`;
 * pretrained weights from the hub that fail *fast* when the hub cannot be reached (no 45 s of retries);
 * the model's own evaluation preprocessing (timm ``resolve_data_config`` / ``create_transform``);
-* the ImageNet-1k class index (timm's sorted WordNet synset list);
+* the ImageNet-1k class index (timm's sorted WordNet synset list, :func:`wnid_to_index`);
 * model family detection: a CLS-token ViT (for sparse inversion) or a BatchNorm CNN (for BN priors).
 """
 
@@ -241,11 +241,6 @@ def _synsets() -> tuple[str, ...]:
     return tuple(ImageNetInfo("imagenet-1k").label_names())
 
 
-def imagenet_synsets() -> list[str]:
-    """The 1000 ImageNet-1k WordNet ids in class-index order (sorted; timm's packaged list)."""
-    return list(_synsets())
-
-
 @lru_cache(maxsize=1)
 def _wnid_index() -> tuple[tuple[str, int], ...]:
     return tuple((wnid, i) for i, wnid in enumerate(_synsets()))
@@ -260,18 +255,12 @@ def wnid_to_index() -> dict[str, int]:
 def is_cls_vit(model: nn.Module) -> bool:
     """Whether ``model`` is a timm ``VisionTransformer`` classifying from a lone CLS token.
 
-    True when it has a CLS token, ``global_pool == "token"`` and no other prefix tokens (no register or
-    distillation tokens), so token 0 is the CLS token and tokens 1… are patches.
+    The rule is :func:`dfq.vit.cls_vit_problem` (one CLS prefix token, no register or distillation
+    tokens, ``global_pool == "token"``), so token 0 is the CLS token and tokens 1… are patches.
     """
-    from timm.models.vision_transformer import VisionTransformer
+    from dfq.vit import cls_vit_problem
 
-    return (
-        isinstance(model, VisionTransformer)
-        and getattr(model, "cls_token", None) is not None
-        and getattr(model, "global_pool", None) == "token"
-        and getattr(model, "num_reg_tokens", 0) == 0
-        and getattr(model, "num_prefix_tokens", 1) == 1
-    )
+    return cls_vit_problem(model) is None
 
 
 def model_family(model: nn.Module) -> ModelFamily:

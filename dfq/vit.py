@@ -31,17 +31,46 @@ from torch import Tensor, nn
 
 from dfq.errors import DfqError
 
-__all__ = ["check_model", "num_patches", "all_tokens", "forward_tokens", "topk_keep"]
+__all__ = ["cls_vit_problem", "check_model", "num_patches", "forward_tokens", "topk_keep"]
+
+
+def cls_vit_problem(model: nn.Module) -> str | None:
+    """Why ``model`` is not a CLS ViT the token-sparse forward supports, or None when it is one.
+
+    The one rule of "a CLS ViT" in dfq (:func:`dfq.models.is_cls_vit` and :func:`check_model` use it):
+    a timm ``VisionTransformer`` (possibly with quantized submodules) with exactly one prefix token,
+    which is a CLS token (no register or distillation tokens), classifying from that token
+    (``global_pool == 'token'``, no attention pooling). Token 0 is then CLS and tokens ``1..N`` the
+    patches. ``dynamic_img_size`` models (timm's ``test_vit`` is one) are accepted: ``_pos_embed``
+    resamples the positional embedding itself, and token ids then refer to the patch grid of the
+    actual input (the native grid, :func:`num_patches`, at the native resolution).
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = type(model).__name__
+    if not isinstance(model, VisionTransformer):
+        return (
+            f"token-sparse forward needs a timm VisionTransformer; {name} is not one "
+            "(CNNs and other architectures use the dense forward)"
+        )
+    if getattr(model, "cls_token", None) is None:
+        return f"token-sparse forward needs a CLS token; {name} has class_token=False"
+    if getattr(model, "reg_token", None) is not None or getattr(model, "num_prefix_tokens", 1) != 1:
+        return (
+            f"token-sparse forward supports exactly one prefix token (CLS); {name} has "
+            f"num_prefix_tokens={getattr(model, 'num_prefix_tokens', '?')} (register tokens?)"
+        )
+    pool = getattr(model, "global_pool", None)
+    if pool != "token" or getattr(model, "attn_pool", None) is not None:
+        return (
+            f"token-sparse forward needs classification from the CLS token (global_pool='token'); "
+            f"{name} has global_pool={pool!r}"
+        )
+    return None
 
 
 def check_model(model: nn.Module) -> None:
-    """Raise unless ``model`` is a timm ViT the sparse forward supports.
-
-    Supported: exactly one prefix token which is a CLS token (no register tokens), classification
-    from that token (``global_pool == 'token'``), and the timm ViT methods the forward is built from.
-    ``dynamic_img_size`` models (timm's ``test_vit`` is one) are accepted: ``_pos_embed`` resamples
-    the positional embedding itself, and token ids then refer to the patch grid of the actual input
-    (the native grid, :func:`num_patches`, at the native resolution).
+    """Raise unless ``model`` is a timm ViT the sparse forward supports (:func:`cls_vit_problem`).
 
     Args:
         model: the model to check.
@@ -49,26 +78,9 @@ def check_model(model: nn.Module) -> None:
     Raises:
         DfqError: (a ``ValueError``) naming what is unsupported.
     """
-    name = type(model).__name__
-    for attr in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head"):
-        if not hasattr(model, attr):
-            raise DfqError(
-                f"token-sparse forward needs a timm VisionTransformer; {name} has no {attr!r} "
-                "(CNNs and other architectures use the dense forward)"
-            )
-    if getattr(model, "cls_token", None) is None:
-        raise DfqError(f"token-sparse forward needs a CLS token; {name} has class_token=False")
-    if getattr(model, "reg_token", None) is not None or getattr(model, "num_prefix_tokens", 1) != 1:
-        raise DfqError(
-            f"token-sparse forward supports exactly one prefix token (CLS); {name} has "
-            f"num_prefix_tokens={getattr(model, 'num_prefix_tokens', '?')} (register tokens?)"
-        )
-    pool = getattr(model, "global_pool", None)
-    if pool != "token" or getattr(model, "attn_pool", None) is not None:
-        raise DfqError(
-            f"token-sparse forward needs classification from the CLS token (global_pool='token'); "
-            f"{name} has global_pool={pool!r}"
-        )
+    problem = cls_vit_problem(model)
+    if problem is not None:
+        raise DfqError(problem)
 
 
 def num_patches(model: nn.Module) -> int:
@@ -81,20 +93,6 @@ def num_patches(model: nn.Module) -> int:
         ``N``; the dense token count is ``N + 1`` (with CLS).
     """
     return int(model.patch_embed.num_patches)
-
-
-def all_tokens(model: nn.Module, batch: int, device: torch.device | str | None = None) -> Tensor:
-    """Dense keep index: every token, CLS first.
-
-    Args:
-        model: a timm ViT.
-        batch: batch size ``B``.
-        device: device of the returned index.
-
-    Returns:
-        int64 tensor ``(B, N + 1)`` whose rows are ``0, 1, ..., N``.
-    """
-    return torch.arange(num_patches(model) + 1, device=device, dtype=torch.long).repeat(batch, 1)
 
 
 def _validate_index(keep_index: Tensor, batch: int, num_tokens: int, device: torch.device) -> None:

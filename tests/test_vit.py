@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from dfq.flops import count_flops
-from dfq.vit import all_tokens, check_model, forward_tokens, num_patches, topk_keep
+from dfq.models import is_cls_vit
+from dfq.vit import check_model, cls_vit_problem, forward_tokens, num_patches, topk_keep
 
 IMG = 96  # test_vit with patch 16: a 6x6 grid, 36 patches, 37 tokens
 
@@ -93,17 +94,18 @@ def test_dense_matches_model(kwargs: dict) -> None:
     with torch.no_grad():
         ref = model(x)
         out = forward_tokens(model, x)
-        out_idx = forward_tokens(model, x, all_tokens(model, 3, x.device))
+        out_idx = forward_tokens(model, x, _all_tokens(model, 3))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out_idx, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_num_patches_and_all_tokens() -> None:
-    model = _vit()
-    assert num_patches(model) == 36
-    idx = all_tokens(model, 2, "cpu")
-    assert idx.dtype == torch.long and idx.shape == (2, 37)
-    assert torch.equal(idx[1], torch.arange(37))
+def _all_tokens(model: nn.Module, batch: int) -> Tensor:
+    """Dense keep index: every token, CLS first."""
+    return torch.arange(num_patches(model) + 1).repeat(batch, 1)
+
+
+def test_num_patches() -> None:
+    assert num_patches(_vit()) == 36
 
 
 # --------------------------------------------------------------------------------------------- sparse
@@ -133,7 +135,7 @@ def test_sparse_matches_masked_dense_reference(init_values: float | None, fused:
 def test_dense_cls_attn_matches_manual_map() -> None:
     model = _vit()
     x = torch.randn(2, 3, IMG, IMG)
-    keep = all_tokens(model, 2, "cpu")
+    keep = _all_tokens(model, 2)
     with torch.no_grad():
         _, cls_attn = forward_tokens(model, x, return_cls_attn=True)
         tokens = _dense_tokens(model, x)
@@ -278,6 +280,25 @@ def test_unsupported_non_vit() -> None:
         check_model(nn.Linear(3, 3))
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "supported"),
+    [
+        ("test_vit", {}, True),
+        ("test_vit", {"global_pool": "avg"}, False),
+        ("test_vit", {"reg_tokens": 4}, False),
+        ("test_vit", {"class_token": False, "global_pool": "avg"}, False),
+        ("test_resnet", {}, False),
+    ],
+)
+def test_one_rule_for_a_cls_vit(name: str, kwargs: dict, supported: bool) -> None:
+    """dfq.models.is_cls_vit (model family) and dfq.vit.check_model (sparse forward) agree."""
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    assert is_cls_vit(model) is supported and (cls_vit_problem(model) is None) is supported
+    if not supported:
+        with pytest.raises(ValueError, match="token-sparse forward"):
+            check_model(model)
+
+
 # ------------------------------------------------------------------------------------------- topk_keep
 
 
@@ -308,7 +329,7 @@ def test_topk_keep_takes_highest_scores() -> None:
 def test_topk_keep_end_to_end_with_forward() -> None:
     model = _vit()
     x = torch.randn(2, 3, IMG, IMG)
-    keep = all_tokens(model, 2, "cpu")
+    keep = _all_tokens(model, 2)
     with torch.no_grad():
         for expected in (25, 17):
             _, attn = forward_tokens(model, x, keep, return_cls_attn=True)
