@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+import dfq.inversion.cmi as cmi_mod
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
 from dfq.inversion import invert, inverter_names
-from dfq.inversion.cmi import (
-    CMIConfig,
-    CMISynthesizer,
-    MemoryBank,
-    adversarial_loss,
-    contrastive_loss,
-    global_view,
-    keep_best,
-    local_view,
-    synthesize_cmi,
-)
+from dfq.inversion._loop import keep_best
+from dfq.inversion.cmi import CMIConfig, CMISynthesizer, synthesize_cmi
+from dfq.inversion.contrastive import MemoryBank, adversarial_loss, contrastive_loss, global_view, local_view
 from dfq.inversion.generator import Generator, reset_generator
+from dfq.models import data_config
 from dfq.zoo import cifar_resnet
 
 FAST = {"nz": 32, "ngf": 8, "head_dim": 16}  # small generator/head: the algorithm is the same
@@ -284,10 +279,10 @@ def test_adversarial_term_active_with_student(resnet: nn.Module) -> None:
 
 def test_synthesis_is_seeded(resnet: nn.Module) -> None:
     cfg = CMIConfig(num_images=3, iterations=2, batch_size=2, seed=5, **FAST)
-    a = synthesize_cmi(resnet, cfg, progress=False)
-    b = synthesize_cmi(resnet, cfg, progress=False)
+    a = synthesize_cmi(resnet, cfg, data_cfg=data_config(resnet), progress=False)
+    b = synthesize_cmi(resnet, cfg, data_cfg=data_config(resnet), progress=False)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-    assert len(a) == 3 and a.provenance["method"] == "cmi" and len(a.provenance["losses"]) == 2
+    assert len(a) == 3 and a.provenance["method"] == "cmi" and len(a.provenance["best_loss"]) == 2
 
 
 def test_nan_loss_is_a_user_error() -> None:
@@ -302,7 +297,9 @@ def test_nan_loss_is_a_user_error() -> None:
 
     cfg = CMIConfig(iterations=1, batch_size=2, **FAST)
     with pytest.raises(DfqError, match="NaN"):
-        synthesize_cmi(NanNet(), cfg, input_size=(3, 8, 8), mean=(0.0,) * 3, std=(1.0,) * 3, progress=False)
+        synthesize_cmi(
+            NanNet(), cfg, data_cfg={"input_size": (3, 8, 8), "mean": (0.0,) * 3, "std": (1.0,) * 3}, progress=False
+        )
 
 
 def test_registry_invert(resnet: nn.Module) -> None:
@@ -317,3 +314,39 @@ def test_registry_invert(resnet: nn.Module) -> None:
 def test_model_on_another_device_is_a_user_error(resnet: nn.Module) -> None:
     with pytest.raises(DfqError, match="move it there"):
         CMISynthesizer(resnet, CMIConfig(**FAST), device="meta")
+
+
+# -------------------------------------------------------------------------------------------- resume
+@pytest.mark.parametrize(("interrupt_at", "resumed_from"), [(8, [1, 3]), (5, [1, 0])])
+def test_resume_gives_the_uninterrupted_result(
+    resnet: nn.Module, tmp_path, monkeypatch: pytest.MonkeyPatch, interrupt_at: int, resumed_from: list[int]
+) -> None:
+    """CMI runs on the shared loop, so it checkpoints: generator, latent, optimizers, head, memory bank
+    and random streams come back, and the resumed run repeats the uninterrupted one bit for bit."""
+    student = copy.deepcopy(resnet)
+    with torch.no_grad():
+        student.linear.weight.add_(0.05 * torch.randn_like(student.linear.weight))
+    cfg = CMIConfig(num_images=5, batch_size=2, iterations=4, checkpoint_every=2, bank_size=6, n_neg=3, **FAST)
+    dcfg = data_config(resnet)
+    reference = synthesize_cmi(resnet, cfg, data_cfg=dcfg, student=student, progress=False)
+
+    calls = {"n": 0}
+    real_view = cmi_mod.global_view
+
+    def interrupting_view(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1  # one call per iteration: 3 batches of 4 iterations
+        if calls["n"] == interrupt_at:
+            raise KeyboardInterrupt
+        return real_view(*args, **kwargs)
+
+    ck = dataclasses.replace(cfg, checkpoint_path=str(tmp_path / "cmi.ckpt"))
+    monkeypatch.setattr(cmi_mod, "global_view", interrupting_view)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize_cmi(resnet, ck, data_cfg=dcfg, student=student, progress=False)
+    monkeypatch.setattr(cmi_mod, "global_view", real_view)
+    with pytest.raises(DfqError, match="different"):  # another student is another run
+        synthesize_cmi(resnet, ck, data_cfg=dcfg, student=resnet, progress=False)
+    resumed = synthesize_cmi(resnet, ck, data_cfg=dcfg, student=student, progress=False)
+    assert resumed.provenance["resumed_from"] == resumed_from
+    assert torch.equal(resumed.images, reference.images) and torch.equal(resumed.labels, reference.labels)
+    assert resumed.provenance["best_loss"] == reference.provenance["best_loss"]

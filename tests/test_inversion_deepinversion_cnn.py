@@ -38,6 +38,14 @@ def _resnet() -> nn.Module:
     return model
 
 
+def _small_cfg(model: nn.Module, **overrides: object) -> dict:
+    """The data config a caller computes once for the inverters: the model's own at SMALL pixels."""
+    return data_config(model, input_size=SMALL, **overrides)
+
+
+RESNET_SMALL = _small_cfg(_resnet())
+
+
 def _small_kwargs(name: str) -> dict:
     names = {f.name for f in dataclasses.fields(get_inverter(name).config_cls)}
     wanted = {
@@ -66,6 +74,21 @@ def test_every_cnn_inverter_runs(name: str) -> None:
         lo, hi = pixel_bounds(data_config(model)["mean"], data_config(model)["std"])
         assert (cs.images >= lo - 1e-6).all() and (cs.images <= hi + 1e-6).all()
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in inverter_names() if "cnn" in get_inverter(n).families and n not in ("folder", "noise")]
+)
+def test_the_callers_normalization_reaches_the_images(name: str) -> None:
+    """Regression: ``data_overrides`` mean/std 0.5 were recorded while the inverters clipped to the
+    model's own (ImageNet) bounds, about [-2.1, 2.6]: they recomputed the data config themselves."""
+    model = _resnet()
+    half = _small_cfg(model, mean=(0.5,) * 3, std=(0.5,) * 3)
+    cs = invert(model, name, data_cfg=half, progress=False, **_small_kwargs(name))
+    assert cs.images.shape == (2, 3, SMALL, SMALL)  # test_resnet's own size is 224: data_cfg's wins
+    assert cs.images.min() >= -1 - 1e-6 and cs.images.max() <= 1 + 1e-6
+    if getattr(get_inverter(name).make_config(), "clip", False):  # the Gaussian init saturates the bounds
+        assert cs.images.min() == -1 and cs.images.max() == 1
 
 
 def test_cnn_defaults_are_nvlabs() -> None:
@@ -134,11 +157,9 @@ def test_run_uses_the_bn_term_on_the_jittered_image(monkeypatch: pytest.MonkeyPa
         return parts
 
     monkeypatch.setattr(di, "deepinversion_loss", spy)
+    model = _resnet()
     cs = deepinversion(
-        _resnet(),
-        DeepInversionConfig(num_images=2, batch_size=2, iterations=2),
-        input_size=(3, SMALL, SMALL),
-        progress=False,
+        model, DeepInversionConfig(num_images=2, batch_size=2, iterations=2), data_cfg=_small_cfg(model), progress=False
     )
     assert len(seen) == 2 and all(s["bn"] > 0 and s["mult"] == 10.0 and s["same"] for s in seen)
     assert cs.provenance["config"]["bn"] == 0.01 and cs.keep_index is None
@@ -149,15 +170,10 @@ def test_bad_combinations_raise() -> None:
     vit = timm.create_model("test_vit", pretrained=False, num_classes=10, img_size=SMALL).eval()
     with pytest.raises(DfqError, match="multi_resolution"):
         deepinversion(
-            vit,
-            DeepInversionConfig(multi_resolution=True, iterations=3),
-            input_size=(3, SMALL, SMALL),
-            progress=False,
+            vit, DeepInversionConfig(multi_resolution=True, iterations=3), data_cfg=_small_cfg(vit), progress=False
         )
     with pytest.raises(DfqError, match="BatchNorm2d"):
-        deepinversion(
-            vit, DeepInversionConfig(bn=0.01, iterations=1), input_size=(3, SMALL, SMALL), progress=False
-        )
+        deepinversion(vit, DeepInversionConfig(bn=0.01, iterations=1), data_cfg=_small_cfg(vit), progress=False)
     with pytest.raises(ValueError):
         DeepInversionConfig(multi_resolution=True, iterations=2)
 
@@ -166,7 +182,7 @@ def test_multi_resolution_resume_at_the_stage_boundary(tmp_path, monkeypatch: py
     cfg = DeepInversionConfig(
         num_images=2, batch_size=2, iterations=6, multi_resolution=True, cosine_lr=True, checkpoint_every=2
     )
-    reference = deepinversion(_resnet(), cfg, input_size=(3, SMALL, SMALL), progress=False)
+    reference = deepinversion(_resnet(), cfg, data_cfg=RESNET_SMALL, progress=False)
 
     shapes: list[int] = []
     real = di.deepinversion_loss
@@ -180,9 +196,9 @@ def test_multi_resolution_resume_at_the_stage_boundary(tmp_path, monkeypatch: py
     monkeypatch.setattr(di, "deepinversion_loss", interrupting)
     ck = dataclasses.replace(cfg, checkpoint_path=str(tmp_path / "di.ckpt"))
     with pytest.raises(KeyboardInterrupt):
-        deepinversion(_resnet(), ck, input_size=(3, SMALL, SMALL), progress=False)
+        deepinversion(_resnet(), ck, data_cfg=RESNET_SMALL, progress=False)
     assert shapes == [SMALL // 2] * 4 + [SMALL]  # 2/3 of the iterations at half resolution
     monkeypatch.setattr(di, "deepinversion_loss", real)
-    resumed = deepinversion(_resnet(), ck, input_size=(3, SMALL, SMALL), progress=False)
+    resumed = deepinversion(_resnet(), ck, data_cfg=RESNET_SMALL, progress=False)
     assert resumed.provenance["resumed_from"] == [0, 4]
     assert torch.equal(resumed.images, reference.images)

@@ -52,6 +52,16 @@ def test_folder_normalization_override_is_exact(folder, vit):
     assert torch.allclose(half.double(), (pixels - 0.5) / 0.5, atol=1e-5)
 
 
+def test_folder_source_takes_the_callers_data_config(folder, vit):
+    """The caller's data config (overrides included) is the preprocessing; the config's fields win over it."""
+    half = data_config(vit, input_size=96, mean=(0.5,) * 3, std=(0.5,) * 3)
+    cs = invert(vit, "folder", path=str(folder), num_images=2, data_cfg=half, progress=False)
+    assert torch.equal(cs.images, load_image_tensor(folder, eval_transform(half), 2, seed=0))
+    assert cs.images.shape == (2, 3, 96, 96)
+    own = invert(vit, "folder", path=str(folder), num_images=2, crop_pct=1.0, data_cfg=half, progress=False)
+    assert torch.equal(own.images, load_image_tensor(folder, eval_transform({**half, "crop_pct": 1.0}), 2, seed=0))
+
+
 def test_invert_method_folder_writes_a_set_and_bad_paths_fail(folder, tmp_path, capsys):
     out = tmp_path / "real-set"
     with pytest.raises(SystemExit) as e:

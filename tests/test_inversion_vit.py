@@ -17,11 +17,13 @@ from torch import Tensor, nn
 import dfq.inversion.smi as smi_mod
 from dfq.errors import DfqError
 from dfq.inversion import get_inverter, invert, inverter_names
-from dfq.inversion._loop import LoopSpec, frozen_eval, pixel_bounds, run_batches
+from dfq.inversion._loop import frozen_eval, pixel_bounds
+from dfq.inversion._pixels import run_pixels
 from dfq.inversion.bench import benchmark_inversion
-from dfq.inversion.deepinversion import DeepInversionConfig
-from dfq.inversion.smi import SMIConfig, kept_counts, masked_preview, remap_index, smi
+from dfq.inversion.deepinversion import DeepInversionConfig, deepinversion
+from dfq.inversion.smi import SMIConfig, kept_counts, remap_index, smi
 from dfq.models import data_config
+from dfq.preview import masked_preview
 
 SIDE = 160  # test_vit's native size (what invert() uses): 10 x 10 patches of 16 px
 SMALL = 64  # direct calls: 4 x 4 patches, fast
@@ -37,6 +39,9 @@ def _test_vit(img_size: int = SIDE) -> nn.Module:
 
 def _small_vit() -> nn.Module:
     return _test_vit(SMALL)
+
+
+SMALL_CFG = data_config(_small_vit(), input_size=SMALL)  # what a caller computes once and passes
 
 
 def _small_kwargs(name: str) -> dict:
@@ -146,7 +151,7 @@ def test_smi_kept_counts_on_a_224_deit() -> None:
     cfg = SMIConfig(
         num_images=2, batch_size=2, iterations=6, schedule=((1, 0.3), (2, 0.3), (3, 0.3), (4, 0.3))
     )
-    cs = smi(model, cfg, input_size=(3, 224, 224), progress=False)
+    cs = smi(model, cfg, data_cfg=data_config(model), progress=False)
     assert cs.provenance["kept_patches"] == [196, 137, 95, 66, 46]
     assert [s["kept_patches"] for s in cs.provenance["stages"]] == [137, 95, 66, 46]
     assert cs.provenance["kept_patches_per_image"] == [[196, 137, 95, 66, 46]] * 2
@@ -173,7 +178,7 @@ def test_consecutive_prunes_both_prune_and_mask_is_the_tracked_set(monkeypatch: 
     monkeypatch.setattr(smi_mod, "topk_keep", spy_topk)
     monkeypatch.setattr(smi_mod.priors, "random_jitter_flip", spy_jitter)
     cfg = SMIConfig(num_images=2, batch_size=2, iterations=8, schedule=((5, 0.3), (6, 0.3)))
-    cs = smi(_small_vit(), cfg, input_size=(3, SMALL, SMALL), progress=False)
+    cs = smi(_small_vit(), cfg, data_cfg=SMALL_CFG, progress=False)
     # prune 5 ranks the 16 patches with iteration 4's attention; prune 6 ranks the 11 kept ones
     # with the attention of iteration 5 (itself a prune iteration), aligned with its new index
     assert [(k, a) for k, a, _ in calls] == [(17, 16), (12, 11)]
@@ -199,25 +204,11 @@ def test_best_loss_keeps_a_copy_not_the_last_iterate() -> None:
         seen.append(x.detach().clone())
         return x.square().mean() + (-10.0 if it == 2 else 0.0)  # iteration 2 is the best by far
 
-    cfg = SMIConfig(num_images=2, batch_size=2, iterations=5, schedule=())
-    spec = LoopSpec(
-        method="test",
-        config=cfg,
-        seed=0,
-        num_images=2,
-        batch_size=2,
-        iterations=5,
-        lr=0.1,
-        betas=(0.5, 0.99),
-        clip=True,
-        amp=False,
-        log_every=1,
-        input_size=(3, 8, 8),
-        mean=(0.5,) * 3,
-        std=(0.5,) * 3,
-    )
-    result = run_batches(
-        spec, loss_fn, torch.zeros(2, dtype=torch.long), device=torch.device("cpu"), progress=False
+    cfg = SMIConfig(num_images=2, batch_size=2, iterations=5, schedule=(), lr=0.1, log_every=1)
+    data_cfg = {"input_size": (3, 8, 8), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    labels = torch.zeros(2, dtype=torch.long)
+    result = run_pixels(
+        "test", cfg, nn.Identity(), data_cfg, loss_fn, labels, device=torch.device("cpu"), progress=False
     )
     assert torch.equal(result.images, seen[2])  # the images that produced the best loss
     assert not torch.equal(result.images, seen[-1])
@@ -232,10 +223,28 @@ def test_nan_loss_raises_and_restores_the_model() -> None:
         smi(
             model,
             SMIConfig(num_images=1, batch_size=1, iterations=3, schedule=()),
-            input_size=(3, SMALL, SMALL),
+            data_cfg=SMALL_CFG,
             progress=False,
         )
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["smi", "deepinversion"])
+def test_the_callers_data_config_sets_the_clipping_bounds(method: str) -> None:
+    """Regression: the inverters recomputed the data config and clipped to the model's own bounds."""
+    model = _small_vit()
+    mean, std = (0.2, 0.4, 0.6), (0.3, 0.25, 0.2)  # test_vit's own are 0.5 / 0.5
+    data_cfg = data_config(model, input_size=SMALL, mean=mean, std=std)
+    inverter = {"smi": smi, "deepinversion": deepinversion}[method]
+    config = get_inverter(method).make_config(**_small_kwargs(method))
+    cs = inverter(model, config, data_cfg=data_cfg, progress=False)
+    lo, hi = pixel_bounds(mean, std)
+    # the Gaussian init saturates both bounds of every channel, and nothing leaves them
+    torch.testing.assert_close(cs.images.amin(dim=(0, 2, 3)), lo.flatten())
+    torch.testing.assert_close(cs.images.amax(dim=(0, 2, 3)), hi.flatten())
+    # the same through invert(): an explicit data_cfg wins over the model's own
+    again = invert(model, method, data_cfg=data_cfg, progress=False, **_small_kwargs(method))
+    assert torch.equal(again.images, cs.images)
 
 
 def test_frozen_eval_restores_on_error() -> None:
@@ -251,7 +260,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch: pytest.Mon
     cfg = SMIConfig(
         num_images=2, batch_size=1, iterations=6, schedule=((2, 0.3), (3, 0.3)), checkpoint_every=2
     )
-    reference = smi(_small_vit(), cfg, input_size=(3, SMALL, SMALL), progress=False)
+    reference = smi(_small_vit(), cfg, data_cfg=SMALL_CFG, progress=False)
 
     path = tmp_path / "inv.ckpt"
     real_forward = smi_mod.forward_tokens
@@ -266,20 +275,20 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch: pytest.Mon
     monkeypatch.setattr(smi_mod, "forward_tokens", interrupting_forward)
     ck_cfg = dataclasses.replace(cfg, checkpoint_path=str(path))
     with pytest.raises(KeyboardInterrupt):
-        smi(_small_vit(), ck_cfg, input_size=(3, SMALL, SMALL), progress=False)
+        smi(_small_vit(), ck_cfg, data_cfg=SMALL_CFG, progress=False)
     assert path.exists()
     monkeypatch.setattr(smi_mod, "forward_tokens", real_forward)
-    resumed = smi(_small_vit(), ck_cfg, input_size=(3, SMALL, SMALL), progress=False)
+    resumed = smi(_small_vit(), ck_cfg, data_cfg=SMALL_CFG, progress=False)
     assert resumed.provenance["resumed_from"] == [1, 2]
     # the time before the interrupt counts: the whole run's seconds exceed this run's
     assert resumed.provenance["seconds"] > resumed.provenance["seconds_this_run"] > 0
     assert torch.equal(resumed.images, reference.images)
     assert torch.equal(resumed.keep_index, reference.keep_index)
     assert torch.equal(resumed.labels, reference.labels)
-    again = smi(_small_vit(), ck_cfg, input_size=(3, SMALL, SMALL), progress=False)  # finished file: no work
+    again = smi(_small_vit(), ck_cfg, data_cfg=SMALL_CFG, progress=False)  # finished file: no work
     assert again.provenance["resumed_from"] == [2, 0] and torch.equal(again.images, reference.images)
     with pytest.raises(DfqError, match="different"):
-        smi(_small_vit(), dataclasses.replace(ck_cfg, lr=0.1), input_size=(3, SMALL, SMALL), progress=False)
+        smi(_small_vit(), dataclasses.replace(ck_cfg, lr=0.1), data_cfg=SMALL_CFG, progress=False)
 
 
 # ------------------------------------------------------------------------------------------ bench

@@ -24,6 +24,7 @@ def invert(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    data_cfg: dict[str, Any] | None = None,
     **config: Any,
 ):  # noqa: ANN201  (returns dfq.data.CalibrationSet)
     """Synthesize a calibration set from ``model`` with the registered ``method``.
@@ -33,6 +34,8 @@ def invert(
         method: registry name (``dfq.inversion.inverter_names()``).
         device: where to run.
         progress: show a progress bar.
+        data_cfg: the model's data config (:func:`dfq.models.data_config` with any overrides, e.g.
+            ``data_config(model, mean=(0.5,) * 3, std=(0.5,) * 3)``); None: the model's own.
         **config: fields of the method's frozen config (e.g. ``num_images=32, seed=0``).
     """
     from dfq.models import data_config, model_family
@@ -40,5 +43,5 @@ def invert(
     entry = get_inverter(method)
     check_family(entry, model, model_family(model))
     cfg = entry.make_config(**config)
-    input_size = tuple(data_config(model)["input_size"])
-    return entry.fn(model, cfg, input_size=input_size, device=device, progress=progress)
+    data_cfg = data_config(model) if data_cfg is None else data_cfg
+    return entry.fn(model, cfg, data_cfg=data_cfg, device=device, progress=progress)

@@ -1,24 +1,24 @@
-"""The shared optimisation engine of the pixel-space inverters (DeepInversion and SMI).
+"""The one optimisation skeleton of the inverters (DeepInversion, SMI, CMI) and its neutral parts.
 
-DeepInversion (Yin et al., CVPR 2020) and Sparse Model Inversion (Hu et al., ICML 2024) both
-optimise a batch of images directly with Adam; they differ only in the loss of one iteration and in
-what happens at a few scheduled iterations (a prune, a change of resolution). This module owns what
-they share, so each method file holds only its loss and its schedule:
+Every inverter optimises a batch at a time for a fixed number of iterations and keeps the iterate of
+the lowest loss; they differ in *what* is optimised (pixels for DeepInversion and SMI, a generator
+and its latent for CMI), in the loss of one iteration, and in what happens at a few scheduled
+iterations. A method supplies those as a :class:`Task`; :func:`run_batches` owns the rest:
 
-* :func:`frozen_eval`: parameters frozen and eval mode for the run, the caller's state restored;
-* :func:`pixel_bounds`: the valid pixel range ``[-m/s, (1-m)/s]`` in normalized space (clipping);
-* :class:`NonFiniteWatch`: records the first iteration with a NaN/Inf loss on the device (no host
-  synchronisation per iteration) and raises :class:`DfqError` when checked;
-* :func:`run_batches`: the loop itself - batches, Adam, LR schedule, clipping, best-loss tracking
-  with a real copy (the SMI and DataFree references alias ``inputs.data`` and so keep the last
-  iterate, ALGORITHMS.md §1.8.2), a tqdm bar with loss and kept-token count, and an atomic,
-  resumable checkpoint (:mod:`dfq.inversion._checkpoint`).
+* batches, iterations, the optimizers' ``zero_grad``/``step``, bf16 autocast on CUDA;
+* best-iterate tracking with a real copy and no host synchronisation (:func:`keep_best`; the SMI and
+  DataFree references alias ``inputs.data`` and so keep the last iterate, ALGORITHMS.md §1.8.2),
+  restarted at chosen iterations (SMI's prunes);
+* the NaN/Inf watch (:class:`NonFiniteWatch`: recorded on the device, checked every ``log_every``
+  iterations), a tqdm bar with the loss and the method's own fields;
+* an atomic, resumable checkpoint (:mod:`dfq.inversion._checkpoint` on
+  :class:`dfq.checkpointing.StateFile`): every ``checkpoint_every`` iterations, at the end of each
+  batch and on ``KeyboardInterrupt`` (then re-raised); an existing file is resumed, and the resumed
+  run repeats the uninterrupted one exactly when the task saves all it draws from (its random
+  streams included).
 
-Determinism and resume: the initial images of batch ``b`` and the augmentation of iteration ``i``
-are drawn from fresh CPU generators seeded from ``(seed, b)`` and ``(seed, b, i)``, so no RNG stream
-has to be carried across an interruption. A resumed run therefore repeats exactly the uninterrupted
-run (same seed, same device): the checkpoint holds the images, Adam state, best-so-far, the
-method's per-batch state (e.g. SMI's kept tokens) and the position ``(batch, iteration)``.
+Also here, because every method uses them: :func:`frozen_eval` (parameters frozen, eval mode, the
+caller's state restored) and :func:`pixel_bounds` (the valid pixel range in normalized space).
 """
 
 from __future__ import annotations
@@ -26,32 +26,24 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dfq.checkpointing import StateFile, to_cpu, to_device
 from dfq.errors import DfqError
-from dfq.inversion._checkpoint import (
-    live_state,
-    load_checkpoint,
-    restore_live,
-    resume_point,
-    to_cpu,
-    write_checkpoint,
-)
+from dfq.inversion._checkpoint import resume_point, write_checkpoint
 
 __all__ = [
     "frozen_eval",
     "pixel_bounds",
+    "keep_best",
     "NonFiniteWatch",
-    "random_labels",
-    "iteration_generator",
-    "cosine_lr",
+    "Task",
     "LoopSpec",
     "BatchResult",
     "run_batches",
@@ -102,6 +94,30 @@ def pixel_bounds(
     return -m / s, (1 - m) / s
 
 
+def keep_best(
+    best_loss: Tensor, loss: Tensor, best: Sequence[Tensor], current: Sequence[Tensor]
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Keep the tensors of the lowest loss seen so far, without a host synchronisation.
+
+    Returns new tensors (``torch.where``), never views of ``current``, so later in-place changes of the
+    current iterate (an optimizer step on the pixels) cannot alter the kept one. A NaN loss never
+    replaces the best.
+
+    >>> loss, (kept,) = keep_best(torch.tensor(2.0), torch.tensor(1.0), (torch.zeros(2),), (torch.ones(2),))
+    >>> float(loss), kept.tolist()
+    (1.0, [1.0, 1.0])
+
+    Args:
+        best_loss: Scalar best loss so far (``inf`` at the start).
+        loss: Scalar loss of the current iterate (detached).
+        best: Kept tensors.
+        current: Tensors of the current iterate, shaped like ``best``.
+    """
+    better = loss < best_loss
+    kept = tuple(torch.where(better, c.detach(), b) for b, c in zip(best, current, strict=True))
+    return torch.where(better, loss, best_loss), kept
+
+
 class NonFiniteWatch:
     """Remembers, on the device, the first iteration whose loss was NaN or Inf.
 
@@ -116,138 +132,105 @@ class NonFiniteWatch:
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, torch.full_like(self.first_bad, iteration), self.first_bad)
 
-    def check(self, lr: float) -> None:
+    def check(self, method: str, advice: str) -> None:
         """Raise :class:`DfqError` if a non-finite loss was seen.
 
         Raises:
-            DfqError: naming the first bad iteration and what to try.
+            DfqError: naming the first bad iteration and ``advice`` (what to try).
         """
         first = int(self.first_bad)
         if first >= 0:
-            raise DfqError(
-                f"inversion loss became NaN/Inf at iteration {first}; lower lr (now {lr:g}), turn off amp, "
-                "or lower the prior weights"
-            )
+            raise DfqError(f"{method} loss became NaN/Inf at iteration {first}; {advice}")
 
 
-def random_labels(num_images: int, num_classes: int, seed: int) -> Tensor:
-    """Uniform random target classes, sorted (the SMI/DeepInversion ``--random_label`` setting).
+class Task:
+    """One method's side of :func:`run_batches`: what is optimised and the loss of one iteration.
 
-    Returns:
-        int64 ``(num_images,)`` on the CPU.
+    Subclasses implement :meth:`start_batch`, :meth:`optimizers` and :meth:`loss`; the other hooks
+    default to doing nothing. The loop calls, per batch: ``start_batch``; per iteration:
+    ``begin_iteration``, ``zero_grad`` of every optimizer, ``loss`` (under autocast), backward, the
+    best-iterate update, ``step`` of every optimizer in order, ``after_step``; at the end:
+    ``finish_batch`` with the best iterate.
     """
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(num_classes, (num_images,), generator=gen).sort().values
+
+    def start_batch(self, batch: int, size: int) -> dict[str, Any]:
+        """Set up the variables and optimizers of batch ``batch`` (``size`` images); return the
+        method's per-batch state (a dict of tensors, numbers, lists or None; checkpointed)."""
+        raise NotImplementedError
+
+    def optimizers(self) -> Sequence[torch.optim.Optimizer]:
+        """The optimizers of the current batch, stepped in this order."""
+        raise NotImplementedError
+
+    def begin_iteration(self, iteration: int) -> None:
+        """Before the iteration (e.g. set the learning rate, start a fresh optimizer)."""
+
+    def loss(self, iteration: int, state: dict[str, Any]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The scalar loss of one iteration and the tensors kept when it is the lowest (images first).
+
+        ``state`` is a shallow copy of the per-batch state, kept only once the iteration completes:
+        assign new values to its keys, never mutate them in place (an interrupted iteration leaves no trace).
+        """
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """After the optimizer steps (e.g. clip the pixels)."""
+
+    def finish_batch(self, state: dict[str, Any], best: tuple[Tensor, ...]) -> Tensor:
+        """The batch's kept images (normalized space) from its best iterate; by default ``best[0]``."""
+        return best[0]
+
+    def postfix(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Extra progress-bar fields (e.g. kept tokens)."""
+        return {}
+
+    def advice(self) -> str:
+        """What to try when the loss became NaN/Inf."""
+        return "lower the learning rate or the loss weights"
+
+    def state_dict(self, in_batch: bool) -> dict[str, Any]:
+        """What a checkpoint must hold to continue: the state kept across batches and, with
+        ``in_batch``, the current batch's variables and optimizers (as of the last completed step)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (CPU tensors). The loop calls it after :meth:`start_batch`
+        when resuming mid-batch, before it at a batch boundary."""
 
 
-def iteration_generator(seed: int, batch: int, iteration: int = -1) -> torch.Generator:
-    """A CPU generator seeded from ``(seed, batch, iteration)``; ``iteration=-1`` for the init."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + batch) * 1_000_033 + iteration + 1) % (2**63))
-
-
-def cosine_lr(base_lr: float, step: int, total: int, warmup: int = 100) -> float:
-    """NVlabs' ``lr_cosine_policy``: linear warm-up over ``warmup`` steps, then cosine to 0.
-
-    ``warmup`` is capped at ``total // 2`` so short runs still decay.
-
-    >>> cosine_lr(1.0, 0, 400), cosine_lr(1.0, 100, 400), round(cosine_lr(1.0, 399, 400), 4)
-    (0.01, 1.0, 0.0)
-    """
-    warmup = min(warmup, total // 2)
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    span = max(total - warmup - 1, 1)
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base_lr
-
-
-# --------------------------------------------------------------------------------------- the loop
-LossFn = Callable[[Tensor, Tensor, int, dict[str, Any], torch.Generator], Tensor]
-"""``loss_fn(images, labels, iteration, state, generator) -> scalar loss``. ``state`` is the
-method's per-batch dict (tensors, numbers, lists or None; checkpointed), e.g. SMI's ``keep`` and
-``attn``: assign new values to its keys, never mutate them in place (the loop passes a shallow copy
-and keeps it only when the iteration completes, so an interrupted iteration leaves no trace); ``generator`` is the iteration's own CPU generator for the augmentation draws."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class LoopSpec:
-    """Everything :func:`run_batches` needs besides the loss.
+    """The loop's settings.
 
     Attributes:
-        method: registry name (in progress bar, provenance and checkpoint).
-        config: the method's resolved frozen config (stored in the checkpoint and compared on resume).
-        seed, num_images, batch_size, iterations, lr, betas, clip, amp, log_every: as in the configs.
-        input_size: ``(C, H, W)`` of the optimised images.
-        mean, std: the model's normalization (clipping bounds).
-        checkpoint_path, checkpoint_every: resumable checkpoint; None disables it.
-        new_optimizer_at: iterations (> 0) where a fresh Adam starts (multi-resolution stages).
+        method: registry name (progress bar, messages).
+        num_images: images in total.
+        batch_size: images per batch (the last batch may be smaller).
+        iterations: optimisation steps per batch.
+        log_every: iterations between NaN checks and progress-bar updates (host synchronisations).
+        amp: bf16 autocast of the loss on CUDA (ignored elsewhere).
+        checkpoint: the resumable state file (:func:`dfq.inversion._checkpoint.state_file`), or None.
+        checkpoint_every: iterations between checkpoints.
         reset_best_at: iterations where best-loss tracking restarts (SMI prunes: losses of different
             kept-token counts are not comparable, and the returned index is the final one).
-        lr_at: ``lr_at(iteration) -> lr``; None keeps ``lr`` constant.
-        init_state: ``init_state(batch_size) -> dict`` of the method's per-batch state.
-        kept_count: ``kept_count(state) -> int`` shown in the bar (tokens, CLS included), or None.
-        model_sha256: the weights' identity (:func:`dfq.checkpoints.weights_sha256`), checked on resume.
     """
 
     method: str
-    config: Any
-    seed: int
     num_images: int
     batch_size: int
     iterations: int
-    lr: float
-    betas: tuple[float, float]
-    clip: bool
-    amp: bool
-    log_every: int
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    checkpoint_path: str | None = None
+    log_every: int = 50
+    amp: bool = False
+    checkpoint: StateFile | None = None
     checkpoint_every: int = 200
-    new_optimizer_at: frozenset[int] = frozenset()
     reset_best_at: frozenset[int] = frozenset()
-    lr_at: Callable[[int], float] | None = None
-    init_state: Callable[[int], dict[str, Any]] = field(default=lambda _b: {})
-    kept_count: Callable[[dict[str, Any]], int] | None = None
-    model_sha256: str | None = None
-
-    @classmethod
-    def from_config(
-        cls, method: str, config: Any, input_size: tuple[int, int, int], data_cfg: dict[str, Any], model: nn.Module,
-        **extra: Any,
-    ) -> LoopSpec:  # fmt: skip
-        """A spec whose shared optimisation fields come from ``config`` (DeepInversion/SMI configs);
-        ``model``'s weights are hashed when there is a checkpoint."""
-        from dfq.checkpoints import weights_sha256
-
-        return cls(
-            model_sha256=weights_sha256(model) if config.checkpoint_path is not None else None,
-            method=method,
-            config=config,
-            seed=config.seed,
-            num_images=config.num_images,
-            batch_size=config.batch_size,
-            iterations=config.iterations,
-            lr=config.lr,
-            betas=config.betas,
-            clip=config.clip,
-            amp=config.amp,
-            log_every=config.log_every,
-            input_size=input_size,
-            mean=tuple(data_cfg["mean"]),
-            std=tuple(data_cfg["std"]),
-            checkpoint_path=config.checkpoint_path,
-            checkpoint_every=config.checkpoint_every,
-            **extra,
-        )
 
 
 @dataclass
 class BatchResult:
-    """Output of :func:`run_batches`: best images and final method state per batch."""
+    """Output of :func:`run_batches`: kept images and final method state per batch."""
 
-    images: Tensor
-    labels: Tensor
+    images: Tensor  # float32, CPU, normalized space
     states: list[dict[str, Any]]
     best_losses: list[float]
     final_losses: list[float]
@@ -255,32 +238,28 @@ class BatchResult:
     seconds_this_run: float
     resumed_from: tuple[int, int] | None
 
+    def record(self) -> dict[str, Any]:
+        """The run's facts for a set's provenance: times, losses per batch, where it resumed."""
+        return {
+            "seconds": self.seconds,
+            "seconds_this_run": self.seconds_this_run,
+            "best_loss": self.best_losses,
+            "final_loss": self.final_losses,
+            "resumed_from": list(self.resumed_from) if self.resumed_from else None,
+        }
 
-def run_batches(
-    spec: LoopSpec,
-    loss_fn: LossFn,
-    labels: Tensor,
-    *,
-    device: torch.device,
-    progress: bool,
-) -> BatchResult:
-    """Optimise ``spec.num_images`` images in batches of ``spec.batch_size`` with Adam.
 
-    Per iteration: set the LR, ``loss_fn`` (forward), backward, note the pre-step images if the loss
-    is the lowest so far (a copy, via ``torch.where`` so nothing synchronises), Adam step, clip. Every
-    ``log_every`` iterations (and at the end of a batch) the NaN check runs and the bar shows loss and
-    kept tokens. With a checkpoint path the state is saved every ``checkpoint_every`` iterations, at
-    the end of each batch and on ``KeyboardInterrupt`` (then re-raised); an existing file is resumed.
+def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: bool) -> BatchResult:
+    """Optimise ``spec.num_images`` images in batches of ``spec.batch_size`` (see the module docstring).
 
     Args:
         spec: loop settings.
-        loss_fn: the method's loss of one iteration (see :data:`LossFn`).
-        labels: int64 ``(num_images,)`` targets (CPU).
+        task: the method (variables, optimizers, loss).
         device: where to run.
         progress: show a tqdm bar.
 
     Returns:
-        The best images (normalized space, float32, CPU) and the method state of every batch.
+        The kept images and the method state of every batch.
 
     Raises:
         DfqError: a non-finite loss, or a checkpoint from another run.
@@ -288,111 +267,100 @@ def run_batches(
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
-    lo, hi = pixel_bounds(spec.mean, spec.std, device)
     num_batches = math.ceil(spec.num_images / spec.batch_size)
-    ckpt = load_checkpoint(spec, labels)
+    ckpt = spec.checkpoint.load() if spec.checkpoint is not None else None
     done, (start_batch, start_it), seconds_before = resume_point(ckpt)
-    done_images, done_states, best_losses, final_losses = done  # appended to in place below
     resumed_from = None if ckpt is None else (start_batch, start_it)
+    live = None if ckpt is None else ckpt["live"]
+    if ckpt is not None and live is None:
+        task.load_state_dict(ckpt["task"])
 
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - start_time
 
-    cuda_amp = spec.amp and device.type == "cuda"
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda_amp else nullcontext()
+    def save(batch: int, iteration: int, in_batch: dict[str, Any] | None) -> None:
+        assert spec.checkpoint is not None
+        write_checkpoint(spec.checkpoint, batch, iteration, task=to_cpu(task.state_dict(in_batch is not None)),
+                         live=in_batch, done=done, seconds=elapsed())  # fmt: skip
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if spec.amp and device.type == "cuda" else nullcontext()
     bar = tqdm(total=num_batches * spec.iterations, initial=start_batch * spec.iterations + start_it,
                disable=not progress, desc=spec.method, dynamic_ncols=True)  # fmt: skip
-    watch = NonFiniteWatch(device)
     try:
         for b in range(start_batch, num_batches):
-            lo_i, hi_i = b * spec.batch_size, min((b + 1) * spec.batch_size, spec.num_images)
-            bs = hi_i - lo_i
-            y = labels[lo_i:hi_i].to(device)
-            init = torch.randn((bs, *spec.input_size), generator=iteration_generator(spec.seed, b))
-            x = init.to(device)
-            if spec.clip:  # so every iterate, the first included, is a valid image (and so is `best`)
-                x = torch.maximum(torch.minimum(x, hi), lo)
-            x.requires_grad_(True)
-            optimizer = torch.optim.Adam([x], lr=spec.lr, betas=spec.betas, eps=1e-8)
-            state = spec.init_state(bs)
-            best_images = x.detach().clone()
+            size = min(spec.batch_size, spec.num_images - b * spec.batch_size)
+            state = task.start_batch(b, size)
+            best: tuple[Tensor, ...] = ()
             best_loss = torch.full((), math.inf, device=device)
             last_loss = torch.full((), math.nan, device=device)
             it0 = 0
-            if ckpt is not None and b == start_batch and ckpt["live"] is not None:
-                state, best_images, best_loss = restore_live(ckpt["live"], x, optimizer, device)
-                it0 = start_it
+            if live is not None:  # resuming this batch mid-way
+                task.load_state_dict(ckpt["task"])
+                state = to_device(live["state"], device)
+                best = tuple(t.to(device) for t in live["best"])
+                best_loss, it0, live = live["best_loss"].to(device), start_it, None
             watch = NonFiniteWatch(device)
             it = it0  # next iteration to run: the position a checkpoint records
             updating = False
-            path = Path(spec.checkpoint_path) if spec.checkpoint_path is not None else None
-
             try:
                 for it in range(it0, spec.iterations):
-                    if it in spec.new_optimizer_at:  # also right after a resume at the boundary
-                        optimizer = torch.optim.Adam([x], lr=spec.lr, betas=spec.betas, eps=1e-8)
+                    task.begin_iteration(it)
                     if it in spec.reset_best_at:
                         best_loss = torch.full((), math.inf, device=device)
-                    lr = spec.lr_at(it) if spec.lr_at is not None else spec.lr
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizers = task.optimizers()
+                    for opt in optimizers:
+                        opt.zero_grad(set_to_none=True)
                     trial = dict(state)  # committed only once the step is done (interrupt-safe)
                     with autocast:
-                        loss = loss_fn(x, y, it, trial, iteration_generator(spec.seed, b, it))
+                        loss, current = task.loss(it, trial)
                     loss = loss.float()
                     loss.backward()
-                    with torch.no_grad():  # best = the pre-step images that produced the lowest loss
-                        better = loss.detach() < best_loss
-                        best_images = torch.where(better, x.detach(), best_images)
-                        best_loss = torch.where(better, loss.detach(), best_loss)
+                    with torch.no_grad():  # the iterate that produced the loss, before the step
                         last_loss = loss.detach()
+                        best_loss, best = keep_best(best_loss, last_loss, best or current, current)
                     watch.update(loss, it)
                     updating = True
-                    optimizer.step()
-                    if spec.clip:
-                        with torch.no_grad():
-                            torch.clamp_(x, lo, hi)
+                    for opt in optimizers:
+                        opt.step()
+                    task.after_step()
                     state = trial
                     updating = False
                     bar.update(1)
                     last = it == spec.iterations - 1
                     if (it + 1) % spec.log_every == 0 or last:
-                        watch.check(lr)
-                        postfix: dict[str, Any] = {"loss": f"{float(last_loss):.4g}"}
-                        if spec.kept_count is not None:
-                            postfix["tokens"] = spec.kept_count(state)
-                        bar.set_postfix(postfix, refresh=False)
-                    if path is not None and (it + 1) % spec.checkpoint_every == 0 and not last:
-                        live = live_state(x, optimizer, state, best_images, best_loss)
-                        write_checkpoint(path, spec, labels, b, it + 1, live, done, elapsed())
+                        watch.check(spec.method, task.advice())
+                        bar.set_postfix({"loss": f"{float(last_loss):.4g}", **task.postfix(state)}, refresh=False)
+                    if spec.checkpoint is not None and (it + 1) % spec.checkpoint_every == 0 and not last:
+                        save(b, it + 1, _live(state, best, best_loss))
             except KeyboardInterrupt:
-                if path is not None:
+                if spec.checkpoint is not None:
                     if updating:
                         warnings.warn(
-                            "interrupted inside the Adam step: the last periodic checkpoint is kept",
+                            "interrupted inside the optimizer step: the last periodic checkpoint is kept",
                             stacklevel=2,
                         )
-                    else:
-                        live = live_state(x, optimizer, state, best_images, best_loss)
-                        write_checkpoint(path, spec, labels, b, it, live, done, elapsed())
+                    elif best:  # (before the first step there is nothing new to save)
+                        save(b, it, _live(state, best, best_loss))
                 raise
-            done_images.append(best_images.float().cpu())
-            done_states.append(to_cpu(state))
-            best_losses.append(float(best_loss))
-            final_losses.append(float(last_loss))
-            if path is not None:
-                write_checkpoint(path, spec, labels, b + 1, 0, None, done, elapsed())
-            ckpt = None
+            done.images.append(task.finish_batch(state, best).detach().float().cpu())
+            done.states.append(to_cpu(state))
+            done.best_losses.append(float(best_loss))
+            done.final_losses.append(float(last_loss))
+            if spec.checkpoint is not None:
+                save(b + 1, 0, None)
     finally:
         bar.close()
     return BatchResult(
-        images=torch.cat(done_images),
-        labels=labels,
-        states=done_states,
-        best_losses=best_losses,
-        final_losses=final_losses,
+        images=torch.cat(done.images),
+        states=done.states,
+        best_losses=done.best_losses,
+        final_losses=done.final_losses,
         seconds=elapsed(),
         seconds_this_run=time.perf_counter() - start_time,
         resumed_from=resumed_from,
     )
+
+
+def _live(state: dict[str, Any], best: tuple[Tensor, ...], best_loss: Tensor) -> dict[str, Any]:
+    """The loop's part of a mid-batch checkpoint."""
+    return {"state": to_cpu(state), "best": [t.detach().cpu() for t in best], "best_loss": best_loss.cpu()}

@@ -2,20 +2,21 @@
 
 The two augmented views (global: padded random crop + flip; local: random resized crop + flip), the
 decision-adversarial loss, the persistent MLP instance-discrimination head, the contrastive loss over
-current and cached instances, the lowest-loss selection and the feature memory bank. Pure tensor
+current and cached instances and the feature memory bank. Pure tensor
 code; :mod:`dfq.inversion.cmi` assembles them into the synthesizer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfq.inversion.priors import kl_div
+from dfq.losses import kl_div
 
 
 def global_view(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
@@ -76,8 +77,8 @@ def adversarial_loss(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
 
     The mean runs over the whole batch (masked samples count as zeros), as in the reference.
 
-    >>> float(adversarial_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])))  # disagree
-    0.0
+    >>> adversarial_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])).item() == 0  # they disagree
+    True
     """
     mask = (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).to(teacher_logits.dtype)
     return -(kl_div(student_logits, teacher_logits, 1.0, reduction="none") * mask).mean()
@@ -132,25 +133,6 @@ def contrastive_loss(
     return per_row.mean()
 
 
-def keep_best(
-    best_loss: Tensor, loss: Tensor, best: Sequence[Tensor], current: Sequence[Tensor]
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Keep the tensors of the lowest loss seen so far, without a host synchronisation.
-
-    Returns new tensors (``torch.where``), never views of ``current``, so later in-place changes of the
-    current iterate cannot alter the kept one. A NaN loss never replaces the best.
-
-    Args:
-        best_loss: Scalar best loss so far (``inf`` at the start).
-        loss: Scalar loss of the current iterate (detached).
-        best: Kept tensors.
-        current: Tensors of the current iterate, shaped like ``best``.
-    """
-    better = loss < best_loss
-    kept = tuple(torch.where(better, c.detach(), b) for b, c in zip(best, current, strict=True))
-    return torch.where(better, loss, best_loss), kept
-
-
 # --------------------------------------------------------------------------------------- memory bank
 class MemoryBank:
     """Ring buffer of feature rows; storage grows up to ``max_size`` rows, then the oldest are replaced.
@@ -198,5 +180,12 @@ class MemoryBank:
         index = torch.randperm(len(self), generator=generator, device=self.device)[:n]
         return self.data[index]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows and the ring position (for a checkpoint)."""
+        return {"data": self.data, "ptr": self.ptr, "n_updates": self.n_updates}
 
-# ---------------------------------------------------------------------------------------- synthesizer
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (rows are moved to :attr:`device`)."""
+        data = state["data"]
+        self.data = None if data is None else data.to(self.device)
+        self.ptr, self.n_updates = int(state["ptr"]), int(state["n_updates"])

@@ -25,7 +25,6 @@ last iterate (ALGORITHMS.md §1.8.2).
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -37,10 +36,13 @@ from torch import Tensor, nn
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
 from dfq.inversion import priors
-from dfq.inversion._loop import LoopSpec, cosine_lr, frozen_eval, random_labels, run_batches
+from dfq.inversion._loop import frozen_eval
+from dfq.inversion._pixels import cosine_lr, random_labels, run_pixels
+from dfq.inversion.pixel_config import PixelInversionConfig, vit_jitter
 from dfq.inversion.registry import register_inverter
+from dfq.losses import cross_entropy
 
-__all__ = ["DeepInversionConfig", "deepinversion", "deepinversion_loss", "num_classes_of", "vit_jitter"]
+__all__ = ["DeepInversionConfig", "deepinversion", "deepinversion_loss", "num_classes_of"]
 
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "vit": {"iterations": 4000, "betas": (0.5, 0.99), "l2": 0.0, "bn": 0.0},
@@ -49,59 +51,31 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class DeepInversionConfig:
+class DeepInversionConfig(PixelInversionConfig):
     """Hyperparameters of DeepInversion; ``None`` fields take the model family's default.
 
+    The shared fields are those of :class:`~dfq.inversion.pixel_config.PixelInversionConfig`, with
+    these defaults left to the family (:meth:`resolve`): ``iterations`` (ViT 4000; CNN 2000, or 3000
+    with multi_resolution), ``betas`` (ViT (0.5, 0.99); CNN (0.5, 0.9)), ``l2`` (ViT 0; CNN 1e-5) and
+    ``jitter`` (ViT side // 8; CNN round(30 * side / 224)).
+
     Attributes:
-        num_images: how many images to synthesize.
-        seed: seed of labels, initial images and augmentation.
-        iterations: Adam steps per batch (None: ViT 4000; CNN 2000, or 3000 with multi_resolution).
-        lr: Adam learning rate (0.25).
-        betas: Adam betas (None: ViT (0.5, 0.99); CNN (0.5, 0.9)).
-        batch_size: images optimised together (the priors are sums over the batch).
-        tv_l2: weight of the non-squared L2 total variation (1e-4).
-        tv_l1: weight of the L1 total variation (0).
-        l2: weight of the mean per-image L2 norm (None: ViT 0; CNN 1e-5).
-        ce: weight of the cross-entropy to the random targets (1).
         bn: weight of the BN-statistics term (None: ViT 0; CNN 0.01). Needs BatchNorm2d layers.
         first_bn_multiplier: weight of the first BN layer inside the BN term (10).
-        jitter: max roll in pixels (None: ViT side // 8; CNN round(30 * side / 224)); 0 disables.
-        flip: probability of a horizontal flip per iteration.
-        clip: clamp the images to the valid pixel range ``[-m/s, (1-m)/s]`` after every step.
         multi_resolution: NVlabs setting 0 (CNNs only; see the module docstring).
         cosine_lr: NVlabs' cosine LR with 100 warm-up steps per stage (else constant).
-        amp: bf16 autocast on CUDA (ignored on CPU).
-        log_every: iterations between NaN checks and progress-bar updates (host synchronisations).
-        checkpoint_path: resumable checkpoint file (None: off). An existing file is resumed.
-        checkpoint_every: iterations between checkpoints.
     """
 
-    num_images: int = 32
-    seed: int = 0
     iterations: int | None = None
-    lr: float = 0.25
     betas: tuple[float, float] | None = None
-    batch_size: int = 32
-    tv_l2: float = 1e-4
-    tv_l1: float = 0.0
     l2: float | None = None
-    ce: float = 1.0
     bn: float | None = None
     first_bn_multiplier: float = 10.0
-    jitter: int | None = None
-    flip: float = 0.5
-    clip: bool = True
     multi_resolution: bool = False
     cosine_lr: bool = False
-    amp: bool = False
-    log_every: int = 50
-    checkpoint_path: str | None = None
-    checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
-        if self.betas is not None:
-            object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        validate_common(self)
+        super().__post_init__()
         if self.bn is not None and self.bn < 0:
             raise ValueError(f"bn must be >= 0, got {self.bn}")
         if self.first_bn_multiplier < 0:
@@ -119,42 +93,6 @@ class DeepInversionConfig:
         if "iterations" in values and family != "vit" and self.multi_resolution:
             values["iterations"] = 3000
         return replace(self, **values)
-
-
-def validate_common(cfg: Any) -> None:
-    """Checks shared by the DeepInversion and SMI configs.
-
-    Raises:
-        ValueError: naming the bad field.
-    """
-    if cfg.num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.iterations is not None and cfg.iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {cfg.iterations}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"lr must be a positive number, got {cfg.lr}")
-    if cfg.betas is not None and (len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas)):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {cfg.betas}")
-    for name in ("tv_l2", "tv_l1", "ce"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.l2 is not None and cfg.l2 < 0:
-        raise ValueError(f"l2 must be >= 0, got {cfg.l2}")
-    if cfg.jitter is not None and cfg.jitter < 0:
-        raise ValueError(f"jitter must be >= 0 pixels, got {cfg.jitter}")
-    if not 0 <= cfg.flip <= 1:
-        raise ValueError(f"flip must be a probability in [0, 1], got {cfg.flip}")
-    if cfg.log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {cfg.log_every}")
-    if cfg.checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {cfg.checkpoint_every}")
-
-
-def vit_jitter(jitter: int | None, side: int) -> int:
-    """SMI's jitter: ``side // 8`` (28 px at 224) unless given."""
-    return side // 8 if jitter is None else jitter
 
 
 def _cnn_jitter(jitter: int | None, side: int) -> int:
@@ -196,7 +134,7 @@ def deepinversion_loss(
     prior_x = x if prior_input is None else prior_input
     logits = model(x)
     zero = logits.new_zeros(()).float()
-    parts = {"ce": F.cross_entropy(logits.float(), labels)}
+    parts = {"ce": cross_entropy(logits, labels)}
     parts["bn"] = bn_stats.loss() if (config.bn and bn_stats is not None) else zero
     parts["tv_l2"] = priors.tv_l2(prior_x) if config.tv_l2 else zero
     parts["tv_l1"] = priors.tv_l1(prior_x) if config.tv_l1 else zero
@@ -216,7 +154,7 @@ def deepinversion(
     model: nn.Module,
     config: DeepInversionConfig,
     *,
-    input_size: tuple[int, int, int] = (3, 224, 224),
+    data_cfg: dict[str, Any],
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> CalibrationSet:
@@ -227,7 +165,8 @@ def deepinversion(
     Args:
         model: a CLS ViT (family ``vit``) or a BatchNorm CNN (family ``cnn``).
         config: the hyperparameters; ``None`` fields are resolved from the family.
-        input_size: ``(C, H, W)`` of the model input.
+        data_cfg: the model's data config (:func:`dfq.models.data_config`, overrides applied):
+            ``input_size`` of the images, ``mean``/``std`` of the clipping bounds.
         device: where to run (the model is moved there).
         progress: show a progress bar.
 
@@ -238,7 +177,7 @@ def deepinversion(
         DfqError: unsupported combination (multi-resolution on a ViT, BN term without BN layers) or
             a non-finite loss.
     """
-    from dfq.models import data_config, model_family
+    from dfq.models import model_family
 
     device = torch.device(device)
     family = model_family(model)
@@ -250,9 +189,9 @@ def deepinversion(
         )
     if cfg.bn and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise DfqError(f"bn={cfg.bn} needs BatchNorm2d layers; {type(model).__name__} has none (set bn=0)")
+    input_size = tuple(data_cfg["input_size"])
     side = input_size[-1]
     jitter = vit_jitter(cfg.jitter, side) if family == "vit" else _cnn_jitter(cfg.jitter, side)
-    dcfg = data_config(model)
     model = model.to(device)
     low_res_until = (2 * cfg.iterations) // 3 if cfg.multi_resolution else 0
     stages = [(0, low_res_until), (low_res_until, cfg.iterations)] if low_res_until else [(0, cfg.iterations)]
@@ -273,20 +212,15 @@ def deepinversion(
             prior_input = x if family == "vit" else aug  # SMI: TV on the full un-jittered image
             return deepinversion_loss(model, aug, y, cfg, bn_ctx, prior_input)["total"]
 
-        spec = LoopSpec.from_config(
-            "deepinversion",
-            cfg,
-            input_size,
-            dcfg,
-            model,
-            new_optimizer_at=frozenset({low_res_until} if low_res_until else ()),
-            lr_at=lr_at if cfg.cosine_lr else None,
-        )
         with bn_ctx if bn_ctx is not None else nullcontext():
-            result = run_batches(spec, loss_fn, labels, device=device, progress=progress)
+            result = run_pixels(
+                "deepinversion", cfg, model, data_cfg, loss_fn, labels, device=device, progress=progress,
+                new_optimizer_at=frozenset({low_res_until} if low_res_until else ()),
+                lr_at=lr_at if cfg.cosine_lr else None,
+            )  # fmt: skip
     return CalibrationSet(
         images=result.images,
-        labels=result.labels,
+        labels=labels,
         keep_index=None,
         provenance={
             "method": "deepinversion",
@@ -295,10 +229,6 @@ def deepinversion(
             "seed": cfg.seed,
             "iterations": cfg.iterations,
             "jitter": jitter,
-            "seconds": result.seconds,
-            "seconds_this_run": result.seconds_this_run,
-            "best_loss": result.best_losses,
-            "final_loss": result.final_losses,
-            "resumed_from": list(result.resumed_from) if result.resumed_from else None,
+            **result.record(),
         },
     )

@@ -3,15 +3,17 @@
 Registered as ``folder`` beside the inversion methods, so real and synthetic calibration sets come
 from one code path with one provenance format: ``dfq calibrate --calib-folder DIR`` uses it, and
 ``dfq invert --method folder --set path=DIR`` writes a reusable set (lossless tensors + manifest)
-exactly like the inversions do. The images get the model's own evaluation preprocessing
-(:func:`dfq.models.data_config`), with optional overrides for models whose weights expect other
-statistics (e.g. ``mean=0.5,0.5,0.5 std=0.5,0.5,0.5`` for the Keras MobileNet).
+exactly like the inversions do. The images get the caller's data config (the model's evaluation
+preprocessing, :func:`dfq.models.data_config`, with the caller's overrides), and on top of it the
+config's own overrides for models whose weights expect other statistics (e.g.
+``mean=0.5,0.5,0.5 std=0.5,0.5,0.5`` for the Keras MobileNet).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,16 +67,20 @@ def folder_images(
     model: nn.Module,
     config: FolderConfig,
     *,
-    input_size: tuple[int, int, int] = (3, 224, 224),
+    data_cfg: dict[str, Any],
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> CalibrationSet:
-    """Load ``config.num_images`` images of ``config.path`` in the model's input space (no labels)."""
-    from dfq.models import data_config, eval_transform
+    """Load ``config.num_images`` images of ``config.path`` in the model's input space (no labels).
+
+    ``data_cfg`` is the model's data config (:func:`dfq.models.data_config`); the preprocessing
+    fields the config sets replace its entries.
+    """
+    from dfq.models import eval_transform
 
     if not Path(config.path).is_dir():
         raise DfqError(f"calibration folder {config.path} is not a directory")
-    cfg = data_config(model, **{**config.preprocessing(), "input_size": input_size})
+    cfg = {**data_cfg, **config.preprocessing()}
     images = load_image_tensor(config.path, eval_transform(cfg), config.num_images, seed=config.seed)
     return CalibrationSet(
         images=images,

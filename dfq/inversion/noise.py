@@ -9,6 +9,7 @@ which placement choices cause that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,13 +48,13 @@ def noise_images(
     model: nn.Module,
     config: NoiseConfig,
     *,
-    input_size: tuple[int, int, int] = (3, 224, 224),
+    data_cfg: dict[str, Any],
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> CalibrationSet:
-    """Draw ``config.num_images`` Gaussian images (the model is not used)."""
+    """Draw ``config.num_images`` Gaussian images of ``data_cfg["input_size"]`` (the model is not used)."""
     gen = torch.Generator().manual_seed(config.seed)
-    images = torch.randn((config.num_images, *input_size), generator=gen) * config.std + config.mean
+    images = torch.randn((config.num_images, *data_cfg["input_size"]), generator=gen) * config.std + config.mean
     return CalibrationSet(
         images=images,
         labels=None,

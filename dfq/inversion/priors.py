@@ -1,4 +1,5 @@
-"""Pure image priors and losses shared by the inverters (DeepInversion, SMI, CMI).
+"""Pure image priors shared by the inverters (DeepInversion, SMI, CMI); losses between classifier
+outputs live in :mod:`dfq.losses`.
 
 * total variation: ``tv_l2`` (non-squared Frobenius norms of 4 difference tensors, summed; the
   DeepInversion/SMI convention, so the value scales with batch and resolution) and ``tv_l1`` (mean
@@ -7,17 +8,12 @@
 * :class:`BNStatistics`: forward hooks on every BatchNorm2d that compare the batch statistics of the
   BN *input* (mean and biased variance over N, H, W) with the running statistics, non-squared L2
   norms summed over layers, optional multiplier on the first BN (DeepInversion, ALGORITHMS.md §4);
-* ``kl_div`` / ``js_div``: divergences between classifier outputs with temperature;
 * ``random_jitter_flip``: the roll + horizontal-flip augmentation of DeepInversion/SMI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -25,9 +21,6 @@ __all__ = [
     "tv_l1",
     "l2_prior",
     "BNStatistics",
-    "bn_statistics",
-    "kl_div",
-    "js_div",
     "random_jitter_flip",
 ]
 
@@ -121,41 +114,6 @@ class BNStatistics:
     def features(self) -> Tensor:
         """Concatenated per-instance channel means of every BN input of the last forward, ``(N, ΣC)``."""
         return torch.cat([f for f in self.input_means if f is not None], dim=1)
-
-
-@contextmanager
-def bn_statistics(model: nn.Module, first_multiplier: float = 1.0) -> Iterator[BNStatistics]:
-    """``with bn_statistics(model) as bn: model(x); loss = bn.loss()``."""
-    with BNStatistics(model, first_multiplier) as stats:
-        yield stats
-
-
-def kl_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction: str = "batchmean") -> Tensor:
-    """``KL(softmax(t/T) || softmax(s/T))``; ``reduction='none'`` gives one value per sample.
-
-    >>> float(kl_div(torch.zeros(2, 3), torch.zeros(2, 3)))
-    0.0
-    """
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    if reduction == "none":
-        return per_sample
-    if reduction == "batchmean":
-        return per_sample.mean()
-    raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
-
-
-def js_div(logits_a: Tensor, logits_b: Tensor, temperature: float = 1.0) -> Tensor:
-    """Jensen-Shannon divergence between the two softmax distributions, batch mean.
-
-    >>> float(js_div(torch.zeros(1, 4), torch.zeros(1, 4)))
-    0.0
-    """
-    p = F.softmax(logits_a / temperature, dim=1)
-    q = F.softmax(logits_b / temperature, dim=1)
-    m = (0.5 * (p + q)).clamp_min(1e-12).log()
-    return 0.5 * (F.kl_div(m, p, reduction="batchmean") + F.kl_div(m, q, reduction="batchmean"))
 
 
 def random_jitter_flip(

@@ -6,7 +6,12 @@ name fails with the list of valid ones.
 
 Inverter signature::
 
-    inverter(model, config, *, input_size=(3, H, W), device="cpu", progress=True) -> CalibrationSet
+    inverter(model, config, *, data_cfg: dict[str, Any], device="cpu", progress=True) -> CalibrationSet
+
+``data_cfg`` is the model's full data config, ``dfq.models.data_config(model, **overrides)``
+(``input_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``crop_mode``), computed once by
+the caller: an inverter never recomputes it, so a caller's overrides (e.g. mean/std 0.5) reach the
+image size, the clipping bounds and the preprocessing alike.
 """
 
 from __future__ import annotations

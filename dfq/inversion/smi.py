@@ -19,8 +19,8 @@ patches of a 224-px /16 ViT. Facts followed: ALGORITHMS.md §1.3 and §5; delibe
 * **The returned mask is the tracked set** (the paper), not a recomputation from a dense forward on
   de-normalized images, so ``keep_index`` has ``1 + 46`` columns and names exactly the optimised
   patches. Images are returned as optimised (normalized space, lossless); stopped patches are not
-  zeroed - calibration forwards only the kept tokens. :func:`masked_preview` blackens them for
-  display.
+  zeroed - calibration forwards only the kept tokens. :func:`dfq.preview.masked_preview` blackens
+  them for display.
 * The best-loss images are really kept (a copy); best tracking restarts at every prune, so the
   returned images are the lowest-loss iterate of the final sparsity stage, matching ``keep_index``.
 """
@@ -32,65 +32,41 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
 from dfq.inversion import priors
-from dfq.inversion._loop import LoopSpec, frozen_eval, random_labels, run_batches
-from dfq.inversion.deepinversion import num_classes_of, validate_common, vit_jitter
+from dfq.inversion._loop import frozen_eval
+from dfq.inversion._pixels import random_labels, run_pixels
+from dfq.inversion.deepinversion import num_classes_of
+from dfq.inversion.pixel_config import PixelInversionConfig, vit_jitter
 from dfq.inversion.registry import register_inverter
+from dfq.losses import cross_entropy
 from dfq.vit import check_model, forward_tokens, topk_keep
 
-__all__ = [
-    "SMIConfig",
-    "smi",
-    "remap_index",
-    "masked_preview",
-    "kept_counts",
-    "patch_grid",
-    "DEFAULT_SCHEDULE",
-]
+__all__ = ["SMIConfig", "smi", "remap_index", "kept_counts", "patch_grid", "DEFAULT_SCHEDULE"]
 
 DEFAULT_SCHEDULE: tuple[tuple[int, float], ...] = ((50, 0.3), (100, 0.3), (200, 0.3), (300, 0.3))
 
 
 @dataclass(frozen=True)
-class SMIConfig:
+class SMIConfig(PixelInversionConfig):
     """Hyperparameters of SMI (defaults: the reference's quantization setting).
 
+    The shared fields are those of :class:`~dfq.inversion.pixel_config.PixelInversionConfig` with its
+    ViT defaults (4000 iterations, lr 0.25, betas (0.5, 0.99), tv_l2 1e-4, jitter ``side // 8``).
+
     Attributes:
-        num_images, seed, iterations, lr, betas, batch_size, tv_l2, tv_l1, l2, ce, jitter, flip,
-            clip, amp, log_every, checkpoint_path, checkpoint_every: as in
-            :class:`~dfq.inversion.deepinversion.DeepInversionConfig` with the ViT defaults
-            (4000 iterations, lr 0.25, betas (0.5, 0.99), tv_l2 1e-4, jitter ``side // 8``).
         schedule: ``((iteration, ratio), ...)``: at ``iteration`` drop ``ratio`` of the remaining
             patches. Iterations strictly increasing, in ``[1, iterations)``; ratios in ``[0, 1)``.
             Empty: no pruning (dense DeepInversion-ViT).
     """
 
-    num_images: int = 32
-    seed: int = 0
-    iterations: int = 4000
-    lr: float = 0.25
-    betas: tuple[float, float] = (0.5, 0.99)
-    batch_size: int = 32
-    tv_l2: float = 1e-4
-    tv_l1: float = 0.0
-    l2: float = 0.0
-    ce: float = 1.0
-    jitter: int | None = None
-    flip: float = 0.5
-    clip: bool = True
-    amp: bool = False
-    log_every: int = 50
-    checkpoint_path: str | None = None
-    checkpoint_every: int = 200
     schedule: tuple[tuple[int, float], ...] = DEFAULT_SCHEDULE
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        super().__post_init__()
         try:
             schedule = tuple((int(it), float(r)) for it, r in self.schedule)
         except (TypeError, ValueError):
@@ -98,7 +74,6 @@ class SMIConfig:
         if any(int(it) != it for it, _ in self.schedule):
             raise ValueError(f"schedule iterations must be integers, got {self.schedule!r}")
         object.__setattr__(self, "schedule", schedule)
-        validate_common(self)
         previous = 0
         for it, ratio in schedule:
             if not 1 <= it < self.iterations:
@@ -170,42 +145,9 @@ def remap_index(
     return torch.cat([keep_index[:, :1], row * grid_w + col + 1], dim=1)
 
 
-def masked_preview(
-    images: Tensor,
-    keep_index: Tensor | None,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    patch: int,
-) -> Tensor:
-    """Images in ``[0, 1]`` with the stopped patches black, for a preview grid.
-
-    Args:
-        images: ``(B, 3, H, W)`` in normalized space.
-        keep_index: int64 ``(B, k)`` kept absolute ids (0 = CLS), or None (nothing masked).
-        mean, std: the model's normalization.
-        patch: patch side in pixels.
-
-    Returns:
-        float ``(B, 3, H, W)`` in ``[0, 1]``.
-    """
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    pixels = (images * s + m).clamp(0, 1)
-    if keep_index is None:
-        return pixels
-    b, _, h, w = images.shape
-    gh, gw = h // patch, w // patch
-    mask = torch.zeros(b, gh * gw + 1, dtype=images.dtype, device=images.device)
-    mask.scatter_(1, keep_index.to(images.device), 1.0)
-    mask = mask[:, 1:].view(b, 1, gh, gw).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
-    out = torch.zeros_like(pixels)
-    out[:, :, : gh * patch, : gw * patch] = pixels[:, :, : gh * patch, : gw * patch] * mask
-    return out
-
-
 def smi_loss(x_full: Tensor, logits: Tensor, labels: Tensor, config: SMIConfig) -> Tensor:
     """CE on the (sparse) logits plus the image priors on the full un-jittered images."""
-    loss = config.ce * F.cross_entropy(logits.float(), labels)
+    loss = config.ce * cross_entropy(logits, labels)
     if config.tv_l2:
         loss = loss + config.tv_l2 * priors.tv_l2(x_full)
     if config.tv_l1:
@@ -220,7 +162,7 @@ def smi(
     model: nn.Module,
     config: SMIConfig,
     *,
-    input_size: tuple[int, int, int] = (3, 224, 224),
+    data_cfg: dict[str, Any],
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> CalibrationSet:
@@ -231,7 +173,8 @@ def smi(
     Args:
         model: a timm CLS ViT (:func:`dfq.vit.check_model`).
         config: the hyperparameters.
-        input_size: ``(C, H, W)`` of the model input.
+        data_cfg: the model's data config (:func:`dfq.models.data_config`, overrides applied):
+            ``input_size`` of the images, ``mean``/``std`` of the clipping bounds.
         device: where to run (the model is moved there).
         progress: show a progress bar with loss and kept-token count.
 
@@ -243,16 +186,14 @@ def smi(
     Raises:
         DfqError: not a supported ViT, or a non-finite loss.
     """
-    from dfq.models import data_config
-
     check_model(model)
     device = torch.device(device)
+    input_size = tuple(data_cfg["input_size"])
     grid_h, grid_w, patch = patch_grid(model, input_size)
     jitter = vit_jitter(config.jitter, input_size[-1])
     prune_at = dict(config.schedule)
     quiet = set(prune_at) | {p - 1 for p in prune_at}  # no jitter: pre-prune and prune iterations
     want_attn = {p - 1 for p in prune_at}
-    dcfg = data_config(model)
     model = model.to(device)
     n_tokens = grid_h * grid_w + 1
 
@@ -282,12 +223,8 @@ def smi(
 
     with frozen_eval(model):
         labels = random_labels(config.num_images, num_classes_of(model, input_size, device), config.seed)
-        spec = LoopSpec.from_config(
-            "smi",
-            config,
-            input_size,
-            dcfg,
-            model,
+        result = run_pixels(
+            "smi", config, model, data_cfg, loss_fn, labels, device=device, progress=progress,
             reset_best_at=frozenset(prune_at),
             init_state=lambda bs: {
                 "keep": None,
@@ -296,14 +233,13 @@ def smi(
                 "per_image": torch.full((bs, 1), n_tokens - 1, device=device),
             },
             kept_count=lambda s: n_tokens if s["keep"] is None else int(s["keep"].shape[1]),
-        )
-        result = run_batches(spec, loss_fn, labels, device=device, progress=progress)
+        )  # fmt: skip
     keeps = [s["keep"] for s in result.states]
     keep_index = None if keeps[0] is None else torch.cat(keeps).to(torch.long)
     history = result.states[0]["history"]
     return CalibrationSet(
         images=result.images,
-        labels=result.labels,
+        labels=labels,
         keep_index=keep_index,
         provenance={
             "method": "smi",
@@ -318,10 +254,6 @@ def smi(
                 for (it, r), k in zip(config.schedule, history[1:], strict=True)
             ],
             "mask": "tracked",
-            "seconds": result.seconds,
-            "seconds_this_run": result.seconds_this_run,
-            "best_loss": result.best_losses,
-            "final_loss": result.final_losses,
-            "resumed_from": list(result.resumed_from) if result.resumed_from else None,
+            **result.record(),
         },
     )
