@@ -1,4 +1,6 @@
-"""The ``dfq`` command line: parse options, build a config, make one API call, print the result.
+"""The ``dfq`` command line: parse options into a request of the job layer (:mod:`dfq.jobs`), make one
+call, print the result. Option choices come from the registries (presets, calibrators, inversion
+methods, targets, backends, export formats).
 
 Exit codes: 0 success, 2 bad input (one-line ``error: ...`` on stderr, no traceback; set
 ``DFQ_DEBUG=1`` to see it), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Both stop an
@@ -8,20 +10,23 @@ Commands that produce figures print them as JSON with ``--json`` (for pipelines)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
 import click
 
 from dfq.calibrators import calibrator_names
-from dfq.config import VIT_SITES, for_onnxruntime, preset
+from dfq.config import VIT_SITES, presets
 from dfq.errors import DfqError
 from dfq.inversion.registry import inverter_names
+from dfq.jobs.calibrate import TARGETS
+from dfq.jobs.evaluate import BACKENDS
+from dfq.jobs.export import EXPORT_FORMATS
+
+_BIAS_CORRECTION = ["auto", "on", "off"]
 
 __all__ = ["cli", "main"]
 
@@ -57,17 +62,55 @@ def _pct(v: float | None) -> str:
     return "  n/a" if v is None else f"{100 * v:5.2f}%"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an interrupt, so long loops checkpoint exactly as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+class _DfqGroup(click.Group):
+    """The group that turns bad input into one ``error:`` line and exit 2, and interrupts into 130/143.
+
+    Only :class:`DfqError` is bad input; any other exception is a bug and keeps its traceback.
+    ``DFQ_DEBUG=1`` shows the traceback of a DfqError too. Living in the group (not around it), this
+    behaves the same under ``click.testing.CliRunner`` as in the console script.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DfqError as e:
+            if os.environ.get("DFQ_DEBUG"):
+                raise
+            click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, _Terminated)
+            click.echo("terminated" if terminated else "interrupted", err=True)
+            ctx.exit(143 if terminated else 130)
+
+
+@click.group(cls=_DfqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dfq")
 def cli() -> None:
     """dfq: data-free quantization and deployment for timm models."""
 
 
+def _schemes() -> list[str]:
+    return sorted({name.split("-")[0] for name in presets})
+
+
+def _numerics() -> list[str]:
+    return sorted({config.numerics for config in presets.values()})
+
+
 @cli.command()
 @click.option("--model", "model_name", required=True, help="timm name or alias (deit_tiny, deit_base, ...).")
 @_model_options
-@click.option("--scheme", type=click.Choice(["w8a8", "w4a8"]), default="w8a8", show_default=True)
-@click.option("--numerics", type=click.Choice(["trt", "paper"]), default="trt", show_default=True,
+@click.option("--scheme", type=click.Choice(_schemes()), default="w8a8", show_default=True)
+@click.option("--numerics", type=click.Choice(_numerics()), default="trt", show_default=True,
               help="trt: symmetric INT8 as TensorRT runs it; paper: PSAQ-ViT/SMI asymmetric activations.")
 @click.option("--calibrator", type=click.Choice(calibrator_names()), default="minmax", show_default=True,
               help="Activation range calibrator.")
@@ -89,62 +132,41 @@ def cli() -> None:
 @click.option("--sites", default=None,
               help=f"Comma-separated activation sites replacing the preset's (ViT: {','.join(VIT_SITES)}).")
 @click.option("--no-head", is_flag=True, help="Leave the classifier in float.")
-@click.option("--target", type=click.Choice(["trt", "ort"]), default="trt", show_default=True,
+@click.option("--target", type=click.Choice(sorted(TARGETS)), default="trt", show_default=True,
               help="Q/DQ placement for TensorRT, or for ONNX Runtime CPU (patch-embedding conv and "
                    "classifier in float: ORT cannot fuse input-only Q/DQ into Conv/Gemm).")
-@click.option("--bias-correction", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+@click.option("--bias-correction", type=click.Choice(_BIAS_CORRECTION), default="auto", show_default=True,
               help="Correct weight-rounding bias with calibration input means (auto: CNNs only).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
-@click.option("--force", is_flag=True, help="Replace an existing run directory.")
-@click.option("--export", "export_fmt", type=click.Choice(["onnx", "trt"]), default=None,
+@click.option("--force", is_flag=True, help="Replace an existing run directory (only one dfq wrote).")
+@click.option("--export", "export_fmt", type=click.Choice(sorted(EXPORT_FORMATS)), default=None,
               help="Also export the calibrated model (RUN/model.qdq.onnx, RUN/model.plan).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, scheme: str,
-              numerics: str, calibrator: str, site_calibrators: tuple[str, ...], weight_calibrator: str | None, calib_folder: str | None,
-              inversion: str | None, calib_set: str | None, settings: tuple[str, ...], dense_calibration: bool,
-              num_images: int, eval_folder: str | None, eval_images: int | None,
-              sites: str | None, no_head: bool, target: str, bias_correction: str, batch_size: int, seed: int, out: str, force: bool,
-              export_fmt: str | None, as_json: bool) -> None:
+              numerics: str, calibrator: str, site_calibrators: tuple[str, ...], weight_calibrator: str | None,
+              calib_folder: str | None, inversion: str | None, calib_set: str | None, settings: tuple[str, ...],
+              dense_calibration: bool, num_images: int, eval_folder: str | None, eval_images: int | None,
+              sites: str | None, no_head: bool, target: str, bias_correction: str, batch_size: int, seed: int,
+              out: str, force: bool, export_fmt: str | None, as_json: bool) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
-    from dfq.pipeline import CalibrationJob, default_device, run_calibration
+    from dfq.jobs.calibrate import CalibrateRequest, quant_config_from_options, run_calibrate
+    from dfq.jobs.export import check_format, export_run
+    from dfq.jobs.sources import CalibrationSource
 
-    config = preset(scheme, numerics)
-    changes: dict[str, Any] = {
-        "act": dataclasses.replace(config.act, calibrator=calibrator),
-        "bias_correction": bias_correction,
-    }
-    if site_calibrators:
-        pairs = dict(config.site_calibrators)
-        for item in site_calibrators:
-            site, sep, name = item.partition("=")
-            if not sep or name not in calibrator_names():
-                raise DfqError(f"--site-calibrator expects SITE=NAME with NAME in {', '.join(calibrator_names())}")
-            pairs[site.strip()] = name
-        changes["site_calibrators"] = tuple(pairs.items())
-    if weight_calibrator:
-        changes["weight"] = dataclasses.replace(config.weight, calibrator=weight_calibrator)
-    if sites is not None:
-        changes["act_sites"] = frozenset(s.strip() for s in sites.split(",") if s.strip())
-    if no_head:
-        changes["quantize_head"] = False
-    config = dataclasses.replace(config, **changes)
-    if target == "ort":
-        config = for_onnxruntime(config)
-    job = CalibrationJob(
-        out=out, config=config, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
-        calib_folder=calib_folder, inversion=inversion, calib_set=calib_set, dense_calibration=dense_calibration,
-        inversion_args={"settings": settings} if settings else {}, num_images=num_images, eval_folder=eval_folder,
-        eval_images=eval_images, batch_size=batch_size, seed=seed, device=device or default_device(),
-        overwrite=force, progress=not as_json,
-    )  # fmt: skip
-    if export_fmt == "trt" and not config.trt_compatible:
-        raise DfqError(f"--export trt needs trt numerics; {numerics} numerics run on ONNX Runtime only (--export onnx)")
-    report = run_calibration(job)
+    config = quant_config_from_options(scheme, numerics, calibrator, site_calibrators, weight_calibrator, sites,
+                                       no_head, target, bias_correction)
     if export_fmt is not None:
-        from dfq.export.onnx import export_run
-
+        check_format(config, export_fmt)  # before the calibration, not after it
+    request = CalibrateRequest(
+        out=out, config=config, source=CalibrationSource.from_options(calib_folder, calib_set, inversion, settings),
+        model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained, dense_calibration=dense_calibration,
+        num_images=num_images, seed=seed, eval_folder=eval_folder, eval_images=eval_images, batch_size=batch_size,
+        device=device, overwrite=force, progress=not as_json,
+    )
+    report = run_calibrate(request)
+    if export_fmt is not None:
         report["export"] = str(export_run(out, export_fmt))
     _print(report, as_json)
     if not as_json:
@@ -158,18 +180,16 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
 @click.option("--data", required=True, type=click.Path(), help="ImageNet-style <wnid>/<image> folder.")
 @click.option("--limit", type=int, default=None, help="Evaluate at most this many images.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
               help="Run the quantized model as torch fake-quant, RUN/model.qdq.onnx in ONNX Runtime, or RUN/model.plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def eval_cmd(run: str | None, model_name: str | None, checkpoint: str | None, no_pretrained: bool,
              device: str | None, data: str, limit: int | None, batch_size: int, backend: str, as_json: bool) -> None:
     """Top-1/top-5 of a run (with agreement and KL to its float weights) or of a float model."""
-    from dfq.pipeline import evaluate_folder
+    from dfq.jobs.evaluate import evaluate_folder
 
     if run is not None and (model_name or checkpoint):
         raise DfqError("give a run directory or --model/--checkpoint, not both")
-    if backend != "torch" and run is None:
-        raise DfqError(f"--backend {backend} evaluates a run directory's export; give RUN")
     report = evaluate_folder(
         data, run=run, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
         device=device, batch_size=batch_size, limit=limit, progress=not as_json, backend=backend,
@@ -187,21 +207,19 @@ def eval_cmd(run: str | None, model_name: str | None, checkpoint: str | None, no
               help="Any field of the method's config (e.g. iterations=4000, lr=0.25), repeatable.")
 @click.option("--out", required=True, type=click.Path(), help="Directory for the calibration set.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.ckpt.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True, help="Replace an existing set or run directory (only one dfq wrote).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def invert(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, method: str,
            num_images: int, seed: int, settings: tuple[str, ...], out: str, resume: bool, force: bool,
            as_json: bool) -> None:
     """Make a calibration set from the model alone (no data); write it with a manifest and preview."""
-    from dfq.inversion.job import InversionJob, run_inversion
-    from dfq.pipeline import default_device
+    from dfq.jobs.invert import InvertRequest, run_invert
 
-    job = InversionJob(
+    calib = run_invert(InvertRequest(
         out=out, method=method, model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained,
-        num_images=num_images, seed=seed, settings=settings, device=device or default_device(), resume=resume,
-        overwrite=force, progress=not as_json,
-    )  # fmt: skip
-    calib = run_inversion(job)
+        num_images=num_images, seed=seed, settings=settings, device=device, resume=resume, overwrite=force,
+        progress=not as_json,
+    ))  # fmt: skip
     if as_json:
         click.echo(json.dumps(calib.provenance, indent=2))
     else:
@@ -210,14 +228,14 @@ def invert(model_name: str, checkpoint: str | None, no_pretrained: bool, device:
 
 @cli.command(name="export")
 @click.argument("run", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(sorted(EXPORT_FORMATS)), default="onnx", show_default=True)
 @click.option("--fp16-remainder/--no-fp16-remainder", default=None,
               help="Cast the unquantized remainder to FP16 (default: on for trt, off for onnx).")
 @click.option("--int4-weights", is_flag=True, help="INT4 weight-only DQ blocks for Linear layers (opset 21).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: 17; 19 with FP16, 21 with INT4).")
 def export_cmd(run: str, fmt: str, fp16_remainder: bool | None, int4_weights: bool, opset: int | None) -> None:
     """Export a calibrated run: TensorRT-ready Q/DQ ONNX (checked) and optionally a TensorRT engine."""
-    from dfq.export.onnx import export_run
+    from dfq.jobs.export import export_run
 
     opts: dict[str, Any] = {"int4_weights": int4_weights}
     if fp16_remainder is not None:
@@ -244,13 +262,13 @@ def bench() -> None:
 def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool, device: str | None, batch_size: int,
                     iterations: int, steps_per_stage: int, warmup: int, amp: bool, as_json: bool) -> None:
     """Dense DeepInversion vs SMI iteration speed per sparsity stage, FLOPs and peak memory."""
+    from dfq.devices import check_device
     from dfq.inversion.bench import benchmark_inversion
     from dfq.loadcheck import snapshot
     from dfq.models import load_model
-    from dfq.pipeline import default_device
 
     start = snapshot()  # before the model build raises the load average
-    device = device or default_device()
+    device = check_device(device)
     model = load_model(model_name, checkpoint=checkpoint, pretrained=not no_pretrained).to(device)
     r = benchmark_inversion(model, batch_size=batch_size, iterations=iterations, device=device,
                             warmup=warmup, steps_per_stage=steps_per_stage, amp=amp, load_start=start)
@@ -269,35 +287,11 @@ def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool
                + ("machine idle" if load["idle"] else "NOT idle: " + "; ".join(load["not_idle_because"])))
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM raised as an interrupt, so long loops checkpoint exactly as on Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: bad input -> one line on stderr and exit code 2."""
+    """Console entry point (``dfq``): SIGTERM stops like Ctrl-C, then the click group runs."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        cli.main(args=argv, prog_name="dfq", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click wraps interrupts in Abort
-        terminated = isinstance(e, _Terminated) or isinstance(e.__cause__, _Terminated)
-        click.echo("terminated" if terminated else "interrupted", err=True)
-        sys.exit(143 if terminated else 130)
-    except (DfqError, ValueError) as e:
-        if os.environ.get("DFQ_DEBUG"):
-            raise
-        click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
-        sys.exit(2)
-    sys.exit(0)
+    cli.main(args=argv, prog_name="dfq")
 
 
 if __name__ == "__main__":

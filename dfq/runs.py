@@ -238,7 +238,8 @@ def write_report(run: Path, report: Mapping[str, Any]) -> None:
         f"- scheme: {q.get('name')} ({q.get('numerics')} numerics); activation calibrator "
         f"{q.get('act', {}).get('calibrator')}{_overrides(q)}, weight calibrator "
         f"{q.get('weight', {}).get('calibrator')}",
-        f"- calibration data: {cal.get('source')} ({cal.get('num_images')} images)",
+        f"- calibration data: {cal.get('method') or cal.get('source')} ({cal.get('num_images')} images"
+        + (f" from {cal['path']})" if cal.get("path") else ")"),
     ]
     if report.get("timings"):
         lines += ["", "| step | seconds |", "|---|---|"]

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 import dfq
-from dfq.cli import main
+from dfq.cli import cli
 from dfq.models import wnid_to_index
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # ImageNet classes 0, 1, 2
@@ -35,11 +36,12 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str, str]:
+    """``dfq ARGS`` through click's CliRunner: exit code, stdout, stderr."""
+    result = CliRunner().invoke(cli, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a bug, not bad input: let the test show its traceback
+    return result.exit_code, result.stdout, result.stderr
 
 
 def _calibrate_args(out: Path, folder: Path, *extra: str) -> list[str]:
@@ -72,7 +74,7 @@ def test_calibrate_writes_a_complete_run_that_reloads(tmp_path, image_folder, ca
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["model"]["name"] == "test_vit" and recipe["quant"]["name"] == "w8a8"
     assert recipe["calibration"] == {
-        "source": "noise", "folder": None, "sparse": False, "num_images": 4, "seed": 0, "inversion_args": {},
+        "source": "inversion", "method": "noise", "sparse": False, "num_images": 4, "seed": 0,
     }  # fmt: skip
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial directories left
 
@@ -405,3 +407,37 @@ def test_print_warns_of_nonfinite_logits(capsys):
     assert err.strip() == "warning: quant gave NaN/inf logits on 3 of 4 images (counted wrong)"
     _print({"quant": {"top1": None, "top5": None}, "agreement": None, "kl": None, "num_eval_images": 0}, False)
     assert "n/a (no images)" in capsys.readouterr().out
+
+
+def test_only_dfq_errors_are_bad_input(monkeypatch):
+    """A DfqError is one line and exit 2; any other exception is a bug and keeps its traceback."""
+    import dfq.jobs.evaluate as evaluate_job
+
+    def boom(*_a, **_k):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(evaluate_job, "evaluate_folder", boom)
+    result = CliRunner().invoke(cli, ["eval", "--model", "test_vit", "--data", "."])
+    assert isinstance(result.exception, ValueError) and result.exit_code == 1
+    result = CliRunner().invoke(cli, ["eval", "--model", "test_vit", "--data", "/nonexistent-dir"])
+    assert result.exit_code == 1  # still the monkeypatched bug, not a bad-input line
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli, ["eval", "--model", "test_vit", "--no-pretrained", "--data", "/nonexistent-dir"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_choices_come_from_the_registries():
+    from dfq.calibrators import calibrator_names
+    from dfq.config import presets
+    from dfq.inversion import inverter_names
+    from dfq.jobs.evaluate import BACKENDS
+    from dfq.jobs.export import EXPORT_FORMATS
+
+    params = {c: {p.name: p for p in cli.commands[c].params} for c in ("calibrate", "eval", "invert", "export")}
+    choices = lambda cmd, name: set(params[cmd][name].type.choices)  # noqa: E731
+    assert choices("calibrate", "calibrator") == set(calibrator_names())
+    assert choices("calibrate", "inversion") == choices("invert", "method") == set(inverter_names())
+    assert choices("calibrate", "scheme") == {k.split("-")[0] for k in presets}
+    assert choices("calibrate", "numerics") == {c.numerics for c in presets.values()}
+    assert choices("eval", "backend") == set(BACKENDS)
+    assert choices("export", "fmt") == choices("calibrate", "export_fmt") == set(EXPORT_FORMATS)

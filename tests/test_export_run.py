@@ -23,9 +23,10 @@ from dfq.errors import DfqError
 from dfq.export import latency
 from dfq.export.checker import check_onnx
 from dfq.export.latency import latency_ratio
-from dfq.export.onnx import QDQ_ONNX, export_onnx, export_run
+from dfq.export.onnx import export_onnx
 from dfq.export.runtime import ort_predictor
-from dfq.pipeline import CalibrationJob, run_calibration
+from dfq.jobs import CalibrateRequest, CalibrationSource, run_calibrate
+from dfq.jobs.export import QDQ_ONNX, export_run
 from dfq.quant.calibrate import calibrate
 from dfq.quant.transform import quantize_
 from dfq.runs import RECIPE, load, save_quant_state, write_json
@@ -72,15 +73,15 @@ def test_export_run_of_a_python_built_model(tmp_path):
     """A run made through the Python API from a non-timm model exports once the architecture is
     passed in, at the run's own input size, and ORT agrees with the reloaded fake-quant model."""
     torch.manual_seed(0)
-    job = CalibrationJob(
+    job = CalibrateRequest(
         out=str(tmp_path / "run"),
         config=preset("w8a8"),
-        inversion="noise",
+        source=CalibrationSource.inversion("noise"),
         num_images=8,
         device="cpu",
         progress=False,
     )
-    run_calibration(job, model=cifar_resnet(20))
+    run_calibrate(job, model=cifar_resnet(20))
     run = Path(job.out)
     with pytest.raises(DfqError, match="built in Python"):
         export_run(run)

@@ -16,7 +16,7 @@ import timm
 import torch
 from PIL import Image
 
-from dfq.pipeline import evaluate_folder
+from dfq.jobs import evaluate_folder
 
 pytestmark = pytest.mark.slow
 

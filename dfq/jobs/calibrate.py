@@ -1,0 +1,234 @@
+"""``dfq calibrate`` as one call: model -> calibration set -> fake-quant -> report -> run directory.
+
+:func:`run_calibrate` takes a :class:`CalibrateRequest` (and, for models that are not timm names,
+the float ``nn.Module``); :func:`quant_config_from_options` turns the CLI's scheme and calibrator
+options into a :class:`dfq.config.QuantConfig`. The run directory (:mod:`dfq.runs`) appears only when
+complete; an inversion checkpoint of this run is removed only after that.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from dfq.calibrators import calibrator_names
+from dfq.config import QuantConfig, for_onnxruntime, preset
+from dfq.data import CalibrationSet
+from dfq.devices import check_device
+from dfq.errors import DfqError
+from dfq.jobs.evaluate import evaluate_pair
+from dfq.jobs.model import load_job_model
+from dfq.jobs.sources import CalibrationSource, resolve_source
+from dfq.preview import model_patch_size, save_preview
+from dfq.quant.calibrate import calibrate
+from dfq.quant.transform import quantize_
+
+__all__ = ["CalibrateRequest", "run_calibrate", "quant_config_from_options", "calibration_forward_loop", "TARGETS"]
+
+TARGETS: dict[str, Callable[[QuantConfig], QuantConfig]] = {"trt": lambda c: c, "ort": for_onnxruntime}
+"""Q/DQ placements: TensorRT's (default) and ONNX Runtime CPU's (patch-embed conv and classifier float)."""
+
+
+@dataclass(frozen=True)
+class CalibrateRequest:
+    """Everything ``dfq calibrate`` needs.
+
+    Attributes:
+        out: run directory to create.
+        config: quantization recipe (``dfq.config.preset(...)`` or a variant).
+        source: where the calibration images come from.
+        model, checkpoint, pretrained: the float model (timm name or alias; a label only when the
+            module is passed to :func:`run_calibrate`).
+        dense_calibration: forward every token of a sparse (SMI) set instead of only the kept ones.
+        num_images, seed: size and seed of the calibration set.
+        eval_folder: ImageNet-style ``<wnid>/<image>`` folder for accuracy, agreement and KL.
+        eval_images: evaluate on at most this many images (None = all).
+        batch_size: batch size of calibration and evaluation forwards.
+        device: ``cpu`` | ``cuda`` (None: cuda when available).
+        data_overrides: preprocessing overrides (``mean``, ``std``, ``crop_pct``, ...).
+        overwrite: replace an existing run directory (only one dfq wrote).
+        progress: progress bars.
+    """
+
+    out: str
+    config: QuantConfig
+    source: CalibrationSource
+    model: str | None = None
+    checkpoint: str | None = None
+    pretrained: bool = True
+    dense_calibration: bool = False
+    num_images: int = 32
+    seed: int = 0
+    eval_folder: str | None = None
+    eval_images: int | None = None
+    batch_size: int = 32
+    device: str | None = None
+    data_overrides: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1:
+            raise DfqError("--num-images must be at least 1")
+        if self.batch_size < 1:
+            raise DfqError("--batch-size must be at least 1")
+        if self.eval_folder is not None and not __import__("pathlib").Path(self.eval_folder).is_dir():
+            raise DfqError(f"eval-folder {self.eval_folder} is not a directory")
+
+
+def quant_config_from_options(
+    scheme: str = "w8a8",
+    numerics: str = "trt",
+    calibrator: str = "minmax",
+    site_calibrators: tuple[str, ...] = (),
+    weight_calibrator: str | None = None,
+    sites: str | None = None,
+    no_head: bool = False,
+    target: str = "trt",
+    bias_correction: str = "auto",
+) -> QuantConfig:
+    """The CLI's quantization options as a config: the preset, then each option applied to it.
+
+    >>> quant_config_from_options("w4a8", target="ort").name
+    'w4a8-ort'
+
+    Raises:
+        DfqError: an unknown scheme, calibrator, site or target.
+    """
+    try:
+        config = preset(scheme, numerics)
+        changes: dict[str, Any] = {
+            "act": dataclasses.replace(config.act, calibrator=calibrator),
+            "bias_correction": bias_correction,
+        }
+        if site_calibrators:
+            pairs = dict(config.site_calibrators)
+            for item in site_calibrators:
+                site, sep, name = item.partition("=")
+                if not sep or name not in calibrator_names():
+                    raise DfqError(f"--site-calibrator expects SITE=NAME with NAME in {', '.join(calibrator_names())}")
+                pairs[site.strip()] = name
+            changes["site_calibrators"] = tuple(pairs.items())
+        if weight_calibrator:
+            changes["weight"] = dataclasses.replace(config.weight, calibrator=weight_calibrator)
+        if sites is not None:
+            changes["act_sites"] = frozenset(s.strip() for s in sites.split(",") if s.strip())
+        if no_head:
+            changes["quantize_head"] = False
+        config = dataclasses.replace(config, **changes)
+    except DfqError:
+        raise
+    except (ValueError, TypeError) as e:  # the config validates by raising: a bad option, said in one line
+        raise DfqError(str(e)) from None
+    if target not in TARGETS:
+        raise DfqError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    return TARGETS[target](config)
+
+
+def calibration_forward_loop(
+    calib: CalibrationSet, batch_size: int, device: str, progress: bool = True, dense: bool = False
+) -> Callable[[nn.Module], None]:
+    """A ``forward_loop`` over a calibration set.
+
+    Sets that carry kept-token ids (SMI) forward only the kept tokens, the SMI paper's recipe
+    (section 4.3); ``dense=True`` forwards all tokens instead, for comparison.
+    """
+
+    def loop(model: nn.Module) -> None:
+        from dfq.vit import forward_tokens
+
+        batches = list(calib.batches(batch_size))
+        for images, keep in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+            images = images.to(device)
+            if keep is None or dense:
+                model(images)
+            else:
+                forward_tokens(model, images, keep.to(device))
+
+    return loop
+
+
+@contextmanager
+def _timer(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - t0, 3)
+
+
+def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> dict[str, Any]:
+    """Build, calibrate, evaluate and save a fake-quant model; return the report.
+
+    Args:
+        request: the job.
+        model: the float model, when it is not a timm name (``request.model`` then only labels reports).
+
+    Returns:
+        The report also written to ``RUN/report.json``.
+
+    Raises:
+        DfqError: bad input (missing folders, unknown model, existing run directory, ...).
+    """
+    from dfq.runs import (
+        CALIBRATION_DIR,
+        RECIPE,
+        run_directory,
+        save_quant_state,
+        versions,
+        write_json,
+        write_report,
+    )
+
+    device = check_device(request.device)
+    timings: dict[str, float] = {}
+    with run_directory(request.out, overwrite=request.overwrite) as run:
+        with _timer(timings, "load_model"):
+            job_model = load_job_model(
+                request.model, request.checkpoint, request.pretrained, device, model, request.data_overrides
+            )
+        cfg = job_model.data_cfg
+        with _timer(timings, "calibration_data"):
+            resolved = resolve_source(
+                request.source, job_model, num_images=request.num_images, seed=request.seed, device=device,
+                progress=request.progress,
+            )  # fmt: skip
+        calib = resolved.calib
+        with _timer(timings, "quantize_and_calibrate"):
+            qmodel = quantize_(copy.deepcopy(job_model.module), request.config)
+            dense = request.dense_calibration
+            calibrate(qmodel, calibration_forward_loop(calib, request.batch_size, device, request.progress, dense))
+        recipe = {
+            "model": job_model.identity,
+            "quant": request.config.to_dict(),
+            "calibration": {
+                **request.source.describe(),
+                "sparse": calib.keep_index is not None and not request.dense_calibration,
+                "num_images": len(calib),
+                "seed": request.seed,
+            },
+            "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+            "versions": versions(),
+        }
+        write_json(run / RECIPE, recipe)
+        calib.save(run / CALIBRATION_DIR)
+        preview = run / CALIBRATION_DIR / "preview.png"
+        save_preview(calib, preview, cfg["mean"], cfg["std"], patch=model_patch_size(job_model.module))
+        save_quant_state(run, recipe, qmodel)
+        report: dict[str, Any] = {"model": recipe["model"], "quant_config": recipe["quant"], "calibration": recipe["calibration"]}
+        if request.eval_folder is not None:
+            with _timer(timings, "evaluate"):
+                report.update(
+                    evaluate_pair(qmodel, job_model.module, request.eval_folder, cfg, device=device,
+                                  batch_size=request.batch_size, limit=request.eval_images, progress=request.progress)
+                )  # fmt: skip
+        report["timings"] = timings
+        write_report(run, report)
+    resolved.done()
+    return report

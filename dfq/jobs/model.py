@@ -1,0 +1,100 @@
+"""The model a job works on, loaded once with its identity: one record, one checkpoint hash.
+
+Every job (invert, calibrate, evaluate) starts from a :class:`JobModel`: the float module on its
+device, the data config that reaches every step (the model's own preprocessing with the caller's
+overrides applied once, here), and the identity record written into manifests and recipes and checked
+when a calibration set is reused (:func:`check_set_matches`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from dfq.checkpoints import checkpoint_sha256
+from dfq.data import CalibrationSet
+from dfq.errors import DfqError
+from dfq.models import data_config, load_model, model_family
+
+__all__ = ["JobModel", "load_job_model", "check_set_matches"]
+
+
+@dataclass(frozen=True)
+class JobModel:
+    """A float model ready for a job.
+
+    Attributes:
+        module: the model, in eval mode, on the job's device.
+        data_cfg: its data config (input size, mean/std, crop, interpolation), overrides applied.
+        identity: ``name``, ``source`` (timm | python), ``family``, ``class``, ``checkpoint``,
+            ``checkpoint_sha256``, ``pretrained``, ``input_size``, ``mean``, ``std``.
+    """
+
+    module: nn.Module
+    data_cfg: dict[str, Any]
+    identity: dict[str, Any]
+
+
+def load_job_model(
+    name: str | None,
+    checkpoint: str | None = None,
+    pretrained: bool = True,
+    device: str = "cpu",
+    module: nn.Module | None = None,
+    data_overrides: dict[str, Any] | None = None,
+) -> JobModel:
+    """Load (or take) the float model, hash its checkpoint once, resolve its data config once.
+
+    Args:
+        name: timm name or alias (a label only when ``module`` is given).
+        checkpoint: local weights file.
+        pretrained: timm's weights when there is no checkpoint (off: seeded random init).
+        device: where the model goes.
+        module: a model built by the caller (Python API) instead of a timm name.
+        data_overrides: preprocessing overrides (``mean``, ``std``, ``crop_pct``, ...).
+
+    Raises:
+        DfqError: no model named, unknown name, bad checkpoint, bad override.
+    """
+    source = "python" if module is not None else "timm"
+    if module is None:
+        if name is None:
+            raise DfqError("give --model NAME (or pass the float model to the job)")
+        module = load_model(name, checkpoint=checkpoint, pretrained=pretrained)
+    module = module.to(device).eval()
+    cfg = data_config(module, **(data_overrides or {}))
+    identity = {
+        "name": name,
+        "source": source,
+        "family": model_family(module),
+        "class": type(module).__name__,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": checkpoint_sha256(checkpoint) if checkpoint else None,
+        "pretrained": pretrained if checkpoint is None else None,
+        "input_size": list(cfg["input_size"]),
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+    }
+    return JobModel(module, cfg, identity)
+
+
+def check_set_matches(calib: CalibrationSet, identity: dict[str, Any], where: str) -> None:
+    """Refuse a calibration set made for another model, resolution or normalization.
+
+    Raises:
+        DfqError: input size, normalization or model identity differ.
+    """
+    made = calib.provenance.get("model") or {}
+    size = list(calib.images.shape[1:])
+    if size != list(identity["input_size"]):
+        raise DfqError(f"calibration set {where} has images of size {size}, the model expects {identity['input_size']}")
+    for key in ("mean", "std"):
+        if made.get(key) is not None and [round(v, 6) for v in made[key]] != [round(v, 6) for v in identity[key]]:
+            raise DfqError(f"calibration set {where} was made with {key} {made[key]}, this model uses {identity[key]}")
+    mine, theirs = identity.get("checkpoint_sha256"), made.get("checkpoint_sha256")
+    if mine and theirs and mine != theirs:
+        raise DfqError(f"calibration set {where} was made from another checkpoint ({made.get('checkpoint')})")
+    if made.get("name") and identity.get("name") and made["name"] != identity["name"] and not (mine and mine == theirs):
+        raise DfqError(f"calibration set {where} was made for model {made['name']}, not {identity['name']}")

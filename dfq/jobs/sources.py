@@ -1,0 +1,255 @@
+"""Where calibration images come from: one type, one resolver, one provenance record.
+
+A :class:`CalibrationSource` names a folder of real images, a set written earlier by ``dfq invert``,
+or an inversion method with its settings. :func:`resolve_source` turns it into a
+:class:`dfq.data.CalibrationSet` for a :class:`~dfq.jobs.model.JobModel`, the same way for the CLI,
+the Python API and every job: the model's data config (overrides included) reaches the inverter, the
+set's provenance carries the source, the method's full config, the seed, the model identity,
+library versions and timings, and a reused set is checked against the model. Inversion checkpoints
+follow one rule: an existing checkpoint file is continued only when the caller asked to resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from dfq.data import CalibrationSet
+from dfq.errors import DfqError
+from dfq.inversion.overrides import parse_overrides
+from dfq.inversion.registry import check_family, get_inverter
+from dfq.jobs.model import JobModel, check_set_matches
+from dfq.models import model_family
+
+__all__ = ["SourceKind", "CalibrationSource", "Resolved", "resolve_source", "run_inverter"]
+
+
+class SourceKind(str, Enum):
+    """The three kinds of calibration source."""
+
+    FOLDER = "folder"  # real images, drawn and preprocessed for the model
+    SET = "set"  # a set written by ``dfq invert`` (checked against the model)
+    INVERSION = "inversion"  # made from the model by a registered method
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    """A calibration source (see :func:`resolve_source`).
+
+    Attributes:
+        kind: folder, set or inversion.
+        path: the image folder or the set directory.
+        method: the inversion method (registry name); ``folder`` for a folder source.
+        settings: ``KEY=VALUE`` strings for the method's config (the CLI's ``--set``).
+        options: typed values for the method's config (Python API).
+
+    >>> CalibrationSource.inversion("noise").describe()
+    {'source': 'inversion', 'method': 'noise'}
+    """
+
+    kind: SourceKind
+    path: str | None = None
+    method: str | None = None
+    settings: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kind = SourceKind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        if kind is SourceKind.INVERSION:
+            get_inverter(self.method or "")  # an unknown name fails with the list of valid ones
+        elif not self.path:
+            raise DfqError(f"a {kind.value} source needs a path")
+        elif not Path(self.path).is_dir():
+            raise DfqError(f"{'--calib-folder' if kind is SourceKind.FOLDER else '--calib-set'} {self.path} is not a directory")
+        if kind is SourceKind.FOLDER:
+            object.__setattr__(self, "method", "folder")
+
+    @classmethod
+    def folder(cls, path: str, **options: Any) -> CalibrationSource:
+        """Real images from ``path`` (options: ``mean``, ``std``, ``crop_pct``, ... overrides)."""
+        return cls(SourceKind.FOLDER, path=str(path), options=options)
+
+    @classmethod
+    def saved_set(cls, path: str) -> CalibrationSource:
+        """A set written by ``dfq invert`` (or :func:`dfq.jobs.invert.run_invert`)."""
+        return cls(SourceKind.SET, path=str(path))
+
+    @classmethod
+    def inversion(cls, method: str, *settings: str, **options: Any) -> CalibrationSource:
+        """Images made from the model by ``method`` with ``KEY=VALUE`` settings and typed options."""
+        return cls(SourceKind.INVERSION, method=method, settings=tuple(settings), options=options)
+
+    @classmethod
+    def from_options(
+        cls, calib_folder: str | None, calib_set: str | None, inversion: str | None, settings: tuple[str, ...] = ()
+    ) -> CalibrationSource:
+        """The CLI's three mutually exclusive options as one source.
+
+        Raises:
+            DfqError: not exactly one of them, or ``--set`` without ``--inversion``.
+        """
+        if sum(x is not None for x in (calib_folder, calib_set, inversion)) != 1:
+            raise DfqError("give exactly one calibration source: --calib-folder DIR, --inversion METHOD or --calib-set DIR")
+        if settings and inversion is None:
+            raise DfqError("--set KEY=VALUE configures an inversion method; it needs --inversion")
+        if calib_folder is not None:
+            return cls.folder(calib_folder)
+        if calib_set is not None:
+            return cls.saved_set(calib_set)
+        return cls.inversion(str(inversion), *settings)
+
+    def describe(self) -> dict[str, Any]:
+        """The source as a JSON-able record (recipes, reports)."""
+        record: dict[str, Any] = {"source": self.kind.value}
+        if self.path is not None:
+            record["path"] = self.path
+        if self.kind is SourceKind.INVERSION:
+            record["method"] = self.method
+        if self.settings:
+            record["settings"] = list(self.settings)
+        if self.options:
+            record["options"] = _jsonable(dict(self.options))
+        return record
+
+
+class Resolved(NamedTuple):
+    """A resolved source: the set, and the checkpoint file the inversion left (None: none).
+
+    Delete the checkpoint only once the set is safely written (:meth:`done`)."""
+
+    calib: CalibrationSet
+    checkpoint: Path | None
+
+    def done(self) -> None:
+        """The set is written: remove this run's checkpoint."""
+        if self.checkpoint is not None:
+            self.checkpoint.unlink(missing_ok=True)
+
+
+def resolve_source(
+    source: CalibrationSource,
+    job_model: JobModel,
+    *,
+    num_images: int,
+    seed: int,
+    device: str,
+    progress: bool = True,
+    checkpoint_path: str | None = None,
+    resume: bool = False,
+) -> Resolved:
+    """The calibration set of ``source`` for ``job_model`` (and the inversion's checkpoint file).
+
+    Args:
+        source: what to draw or make.
+        job_model: the model, its data config and identity.
+        num_images, seed: size and seed of the set (a saved set keeps its own).
+        device: where an inversion runs.
+        progress: progress bars.
+        checkpoint_path: default checkpoint file of a checkpointing inversion (``--set
+            checkpoint_path=...`` wins); None: no checkpoint unless set.
+        resume: continue an existing checkpoint; without it an existing one is an error.
+
+    Raises:
+        DfqError: a set made for another model, an unknown setting, a checkpoint conflict, ...
+    """
+    if source.kind is SourceKind.SET:
+        calib = CalibrationSet.load(source.path or "")
+        check_set_matches(calib, job_model.identity, str(source.path))
+        return Resolved(calib, None)
+    options = dict(source.options)
+    if source.kind is SourceKind.FOLDER:
+        options["path"] = source.path
+    return run_inverter(
+        str(source.method), job_model, settings=source.settings, options=options, num_images=num_images,
+        seed=seed, device=device, progress=progress, checkpoint_path=checkpoint_path, resume=resume,
+        record=source.describe(),
+    )  # fmt: skip
+
+
+def run_inverter(
+    method: str,
+    job_model: JobModel,
+    *,
+    settings: tuple[str, ...] = (),
+    options: Mapping[str, Any] | None = None,
+    num_images: int,
+    seed: int,
+    device: str,
+    progress: bool = True,
+    checkpoint_path: str | None = None,
+    resume: bool = False,
+    record: Mapping[str, Any] | None = None,
+) -> Resolved:
+    """Run a registered method on the model and return its set with the full provenance record.
+
+    The provenance holds the inverter's own facts plus ``source``, ``method``, ``config`` (every field),
+    ``seed``, ``model`` (the identity), ``versions``, ``device`` and ``wall_seconds`` (this call);
+    ``seconds`` stays the inverter's, which counts every resumed run that led to the set. The
+    checkpoint file is returned, not removed: the caller removes it once the set is written.
+    """
+    from dfq.runs import versions
+
+    if num_images < 1:
+        raise DfqError("--num-images must be at least 1")
+    entry = get_inverter(method)
+    check_family(entry, job_model.module, model_family(job_model.module))
+    values = parse_overrides(entry.config_cls, settings)
+    values.update(options or {})
+    ckpt = _checkpoint_file(entry.config_cls, values, checkpoint_path, resume, method)
+    try:
+        config = entry.make_config(num_images=num_images, seed=seed, **values)
+    except (TypeError, ValueError) as e:
+        raise DfqError(f"invalid {method} settings: {e}") from None
+    t0 = time.perf_counter()
+    calib = entry.fn(job_model.module, config, data_cfg=job_model.data_cfg, device=device, progress=progress)
+    provenance = {
+        **calib.provenance,
+        **dict(record or {"source": SourceKind.INVERSION.value, "method": method}),
+        "method": method,
+        "config": _jsonable(dataclasses.asdict(config)),
+        "seed": seed,
+        "model": job_model.identity,
+        "versions": versions(),
+        "device": device,
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+    }
+    provenance.setdefault("seconds", provenance["wall_seconds"])
+    return Resolved(dataclasses.replace(calib, provenance=provenance), ckpt)
+
+
+def _checkpoint_file(
+    config_cls: type, values: dict[str, Any], default: str | None, resume: bool, method: str
+) -> Path | None:
+    """The checkpoint file this inversion uses (set in ``values``), after the resume rule."""
+    if "checkpoint_path" not in {f.name for f in dataclasses.fields(config_cls)}:
+        if resume:
+            raise DfqError(f"inversion {method!r} does not checkpoint; --resume is not available for it")
+        return None
+    path = values.setdefault("checkpoint_path", default)
+    if path is None:
+        return None
+    if not str(path).strip() or Path(path).is_dir():
+        raise DfqError(f"checkpoint_path {path!r} must name a file (or be none)")
+    if Path(path).exists() and not resume:
+        raise DfqError(f"{path} holds an interrupted run: continue it with `dfq invert ... --resume`, or delete it")
+    return Path(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Enum):
+        return value.value
+    return value
