@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 __all__ = [
+    "BiasCorrection",
     "QuantSpec",
     "QuantConfig",
     "VIT_SITES",
@@ -69,6 +71,28 @@ PAPER_VIT_SITES = frozenset(
         "proj_in", "proj_out", "residual", "fc1_in", "fc2_in", "fc2_out", "head_in", "logits",
     }
 )  # fmt: skip
+
+
+class BiasCorrection(str, Enum):
+    """When :func:`dfq.quantize_` adds bias correction (:mod:`dfq.quant.bias_correction`) to its layers.
+
+    String-valued, so recipes on disk, the CLI and ``QuantConfig(bias_correction="on")`` keep
+    their plain strings; :class:`QuantConfig` turns those into members.
+
+    >>> BiasCorrection("auto").enabled(cnn=True), BiasCorrection.AUTO.enabled(cnn=False), str(BiasCorrection.ON)
+    (True, False, 'on')
+    """
+
+    AUTO = "auto"  # on for CNNs (BatchNorm models), off for ViTs
+    ON = "on"
+    OFF = "off"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def enabled(self, cnn: bool) -> bool:
+        """Whether a model of this family gets bias correction (the one place ``auto`` is resolved)."""
+        return self is BiasCorrection.ON or (self is BiasCorrection.AUTO and cnn)
 
 
 @dataclass(frozen=True)
@@ -137,9 +161,10 @@ class QuantConfig:
             other sites use ``act.calibrator``.
         quantize_head: quantize the classifier (its weight and, where enabled, its input/output).
         quantize_patch_embed: quantize the ViT patch-embedding convolution (weight and input image).
-        bias_correction: ``on`` | ``off`` | ``auto`` (on for CNNs with BatchNorm, off for ViTs):
-            correct each layer's expected output shift from weight rounding with the calibration
-            set's input means (Nagel et al. 2019); see :mod:`dfq.quant.bias_correction`.
+        bias_correction: :class:`BiasCorrection` (or its string ``on`` | ``off`` | ``auto``; ``auto`` is
+            on for CNNs with BatchNorm, off for ViTs): correct each layer's expected output shift from
+            weight rounding with the calibration set's input means (Nagel et al. 2019); see
+            :mod:`dfq.quant.bias_correction`.
         numerics: label of the numerics family, ``trt``, ``paper`` or ``custom`` (reports, export checks).
         name: preset name, informational.
         version: schema version of this recipe.
@@ -151,7 +176,7 @@ class QuantConfig:
     site_calibrators: tuple[tuple[str, str], ...] = ()
     quantize_head: bool = True
     quantize_patch_embed: bool = True
-    bias_correction: str = "auto"
+    bias_correction: BiasCorrection = BiasCorrection.AUTO
     numerics: str = "trt"
     name: str = ""
     version: int = CONFIG_VERSION
@@ -176,8 +201,10 @@ class QuantConfig:
         object.__setattr__(self, "site_calibrators", overrides)
         if self.act.per_channel:
             raise ValueError("activations are quantized per tensor (TensorRT's rule); set act.per_channel=False")
-        if self.bias_correction not in ("auto", "on", "off"):
-            raise ValueError(f"bias_correction must be auto, on or off, got {self.bias_correction!r}")
+        try:  # the CLI, JSON recipes and callers pass strings
+            object.__setattr__(self, "bias_correction", BiasCorrection(self.bias_correction))
+        except ValueError:
+            raise ValueError(f"bias_correction must be auto, on or off, got {self.bias_correction!r}") from None
         if self.numerics not in ("trt", "paper", "custom"):
             raise ValueError(f"numerics must be trt, paper or custom, got {self.numerics!r}")
         if self.version != CONFIG_VERSION:
@@ -207,7 +234,7 @@ class QuantConfig:
             "site_calibrators": dict(self.site_calibrators),
             "quantize_head": self.quantize_head,
             "quantize_patch_embed": self.quantize_patch_embed,
-            "bias_correction": self.bias_correction,
+            "bias_correction": self.bias_correction.value,
             "numerics": self.numerics,
             "name": self.name,
             "version": self.version,

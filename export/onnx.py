@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dfq.errors import DfqError
 from dfq.quant.modules import QuantLayer, quantizers
-from dfq.quant.quantizer import FakeQuantizer
+from dfq.quant.quantizer import FakeQuantizer, Role
 
 if TYPE_CHECKING:
     import onnx
@@ -178,7 +178,7 @@ def export_mode(model: nn.Module) -> Iterator[nn.Module]:
     ``_ExportQDQ``; every ``QuantLayer`` becomes an ``_ExportLayer``. The original modules are put
     back even when the block raises.
     """
-    fqs = [q for q in quantizers(model) if q.site != "weight"]
+    fqs = [q for q in quantizers(model) if q.role is Role.ACTIVATION]
     swap: dict[int, nn.Module] = {id(q): _ExportQDQ(q) for q in fqs}
     layers = {id(m): _ExportLayer(m, swap) for m in model.modules() if isinstance(m, QuantLayer)}
     undo: list[tuple[nn.Module, str, nn.Module]] = []
@@ -196,13 +196,13 @@ def target_of(model: nn.Module) -> Literal["trt", "ort"]:
     for q in quantizers(model):
         if q.mode != "quantize":
             continue
-        if not q.spec.symmetric or q.spec.paper_scale or (q.site != "weight" and q.spec.num_bits != 8):
+        if not q.spec.symmetric or q.spec.paper_scale or (q.role is Role.ACTIVATION and q.spec.num_bits != 8):
             return "ort"
     return "trt"
 
 
 def _weight_bits(model: nn.Module) -> int:
-    bits = [q.spec.num_bits for q in quantizers(model) if q.site == "weight" and q.mode == "quantize"]
+    bits = [q.spec.num_bits for q in quantizers(model) if q.role is Role.WEIGHT and q.mode == "quantize"]
     return max(bits) if bits else 32
 
 

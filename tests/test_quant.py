@@ -15,7 +15,7 @@ import dfq
 from dfq.config import PAPER_VIT_SITES, TRT_VIT_SITES, QuantConfig, QuantSpec, preset
 from dfq.quant.calibrate import activation_quantizers, calibrate, calibration_mode, quantizers_off
 from dfq.quant.modules import QuantLayer, quantizers
-from dfq.quant.quantizer import FakeQuantizer
+from dfq.quant.quantizer import FakeQuantizer, Role
 from dfq.quant.transform import quantize_
 from dfq.vit import forward_tokens
 
@@ -39,7 +39,7 @@ def _placement(model: nn.Module) -> set[tuple[str, str]]:
     """(owner path, site) of every activation quantizer, with block indices collapsed to '*'."""
     out = set()
     for name, mod in model.named_modules(remove_duplicate=False):
-        if isinstance(mod, FakeQuantizer) and mod.site != "weight":
+        if isinstance(mod, FakeQuantizer) and mod.role is Role.ACTIVATION:
             parts = ["*" if p.isdigit() and i == 1 else p for i, p in enumerate(name.split("."))]
             out.add((".".join(parts), mod.site))
     return out
@@ -91,7 +91,7 @@ def test_quant_linear_matches_float64_hand_math():
     lin = nn.Linear(16, 5)
     x = torch.randn(4, 16) * 3
     cfg = QuantConfig(weight=QuantSpec(num_bits=4, per_channel=True), act=QuantSpec(num_bits=8))
-    layer = QuantLayer(lin, FakeQuantizer(cfg.weight, axis=0, site="weight"), FakeQuantizer(cfg.act, site="fc1_in"))
+    layer = QuantLayer(lin, FakeQuantizer(cfg.weight, axis=0, site="weight", role=Role.WEIGHT), FakeQuantizer(cfg.act, site="fc1_in"))
     with calibration_mode(layer):
         layer(x)
     y = layer(x)
@@ -233,8 +233,8 @@ def test_bias_correction_removes_the_expected_output_shift():
     conv.weight.data = torch.randn(4, 1, 3, 3) * 3
     x = torch.rand(16, 4, 32, 32) * 0.2 + torch.tensor([2.8, 0.0, 1.0, 5.0]).view(1, 4, 1, 1)  # large input means
     spec = QuantSpec(num_bits=4, per_channel=True)
-    plain = QuantLayer(conv, FakeQuantizer(spec, axis=0, site="weight"))
-    corrected = QuantLayer(conv, FakeQuantizer(spec, axis=0, site="weight"), bias_correction=True)
+    plain = QuantLayer(conv, FakeQuantizer(spec, axis=0, site="weight", role=Role.WEIGHT))
+    corrected = QuantLayer(conv, FakeQuantizer(spec, axis=0, site="weight", role=Role.WEIGHT), bias_correction=True)
     calibrate(corrected, lambda m: m(x))  # no activation quantizers: weight error + input means only
     with torch.no_grad():
         ref = conv(x).double().mean(dim=(0, 2, 3))

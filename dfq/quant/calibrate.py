@@ -17,7 +17,7 @@ from torch import nn
 from dfq.checkpoints import nonfinite_names
 from dfq.errors import DfqError
 from dfq.quant.modules import QuantLayer, quantizers
-from dfq.quant.quantizer import FakeQuantizer
+from dfq.quant.quantizer import FakeQuantizer, Role
 
 __all__ = [
     "calibration_mode",
@@ -33,11 +33,12 @@ ForwardLoop = Callable[[nn.Module], object]
 
 def activation_quantizers(model: nn.Module) -> list[FakeQuantizer]:
     """Activation quantizers of ``model`` (weight quantizers calibrate from their weights)."""
-    return [q for q in quantizers(model) if q.site != "weight"]
+    return [q for q in quantizers(model) if q.role is Role.ACTIVATION]
 
 
 def weight_quantizers(model: nn.Module) -> list[FakeQuantizer]:
-    return [q for q in quantizers(model) if q.site == "weight"]
+    """Weight quantizers of ``model`` (calibrated from their weights at ``quantize_``)."""
+    return [q for q in quantizers(model) if q.role is Role.WEIGHT]
 
 
 @contextmanager

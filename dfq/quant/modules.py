@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dfq.quant.bias_correction import channel_mean, expected_output_shift
-from dfq.quant.quantizer import FakeQuantizer
+from dfq.quant.quantizer import FakeQuantizer, Role
 
 __all__ = ["QuantLayer", "QuantMatMul", "QuantAttention", "QuantBlock", "quantizers"]
 
@@ -39,6 +39,10 @@ class QuantLayer(nn.Module):
         output_quantizer: activation quantizer on the layer output, or None.
         bias_correction: keep a per-output-channel float correction of the weight-rounding error
             (:mod:`dfq.quant.bias_correction`), set at the end of calibration.
+
+    Raises:
+        ValueError: ``weight_quantizer`` is not a :attr:`Role.WEIGHT` quantizer, or an input/output
+            quantizer is not a :attr:`Role.ACTIVATION` one.
     """
 
     def __init__(
@@ -50,6 +54,11 @@ class QuantLayer(nn.Module):
         bias_correction: bool = False,
     ) -> None:
         super().__init__()
+        if weight_quantizer is not None and weight_quantizer.role is not Role.WEIGHT:
+            raise ValueError(f"weight_quantizer must have role Role.WEIGHT, not {weight_quantizer.role}")
+        for q in (input_quantizer, output_quantizer):
+            if q is not None and q.role is not Role.ACTIVATION:
+                raise ValueError(f"input/output quantizers must have role Role.ACTIVATION, not {q.role}")
         self.layer = layer
         self.input_quantizer = input_quantizer
         self.weight_quantizer = weight_quantizer

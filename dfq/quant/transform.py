@@ -28,7 +28,7 @@ from dfq.checkpoints import check_finite
 from dfq.config import QuantConfig
 from dfq.models import is_cls_vit, model_family
 from dfq.quant.modules import QuantAttention, QuantBlock, QuantLayer, quantizers
-from dfq.quant.quantizer import FakeQuantizer
+from dfq.quant.quantizer import FakeQuantizer, Role
 
 __all__ = ["quantize_", "FilterFn"]
 
@@ -67,13 +67,15 @@ class _Factory:
 
     def __init__(self, config: QuantConfig, cnn: bool) -> None:
         self.config = config
-        self.bias_correction = config.bias_correction == "on" or (config.bias_correction == "auto" and cnn)
+        self.bias_correction = config.bias_correction.enabled(cnn=cnn)
 
     def act(self, site: str) -> FakeQuantizer | None:
-        return FakeQuantizer(self.config.act_spec(site), site=site) if site in self.config.act_sites else None
+        if site not in self.config.act_sites:
+            return None
+        return FakeQuantizer(self.config.act_spec(site), site=site, role=Role.ACTIVATION)
 
     def weight(self) -> FakeQuantizer:
-        return FakeQuantizer(self.config.weight, axis=0, site="weight")
+        return FakeQuantizer(self.config.weight, axis=0, site="weight", role=Role.WEIGHT)
 
     def layer(
         self, layer: nn.Module, name: str, keep: FilterFn, in_site: str, out_site: str | None = None
