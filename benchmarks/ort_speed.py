@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images", type=int, default=0, help="top-1/agreement on this many labelled images")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.rounds < 2:
+        p.error("--rounds must be at least 2 (the per-round ratio quartiles need two rounds)")
     start = snapshot()  # the machine's load before this script's own work raises the load average
     torch.set_num_threads(args.threads)
 
