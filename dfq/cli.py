@@ -19,14 +19,14 @@ from typing import Any
 import click
 
 from dfq.calibrators import calibrator_names
-from dfq.config import VIT_SITES, presets
+from dfq.config import VIT_SITES, BiasCorrection, presets
 from dfq.errors import DfqError
 from dfq.inversion.registry import inverter_names
 from dfq.jobs.calibrate import TARGETS
 from dfq.jobs.evaluate import BACKENDS
 from dfq.jobs.export import EXPORT_FORMATS
 
-_BIAS_CORRECTION = ["auto", "on", "off"]
+_BIAS_CORRECTION = [mode.value for mode in BiasCorrection]
 
 __all__ = ["cli", "main"]
 

@@ -127,6 +127,16 @@ class QuantSpec:
             args = tuple(args.items())
         object.__setattr__(self, "calibrator_args", tuple(sorted((str(k), v) for k, v in args)))
 
+    def trt_runnable(self, activation: bool) -> bool:
+        """Whether TensorRT can execute this spec: symmetric with the standard divisor (zero-point 0),
+        and 8-bit when it quantizes an activation. The one rule behind :attr:`QuantConfig.trt_compatible`
+        and :func:`dfq.export.onnx.target_of`.
+
+        >>> QuantSpec(num_bits=4).trt_runnable(activation=False), QuantSpec(num_bits=4).trt_runnable(activation=True)
+        (True, False)
+        """
+        return self.symmetric and not self.paper_scale and (self.num_bits == 8 or not activation)
+
     @property
     def calibrator_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the calibrator constructor."""
@@ -218,13 +228,7 @@ class QuantConfig:
     @property
     def trt_compatible(self) -> bool:
         """True when TensorRT can execute these numerics (symmetric INT8 Q/DQ, zero-point 0)."""
-        return (
-            self.act.symmetric
-            and self.weight.symmetric
-            and not self.act.paper_scale
-            and not self.weight.paper_scale
-            and self.act.num_bits == 8
-        )
+        return self.act.trt_runnable(activation=True) and self.weight.trt_runnable(activation=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

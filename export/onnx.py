@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,15 +42,13 @@ from dfq.quant.quantizer import FakeQuantizer, Role
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["export_onnx", "export_run", "export_mode", "target_of", "DEFAULT_OPSET", "QDQ_ONNX", "PLAN"]
+__all__ = ["export_onnx", "export_mode", "target_of", "DEFAULT_OPSET"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 FP16_OPSET = 19
 INT4_OPSET = 21
-QDQ_ONNX = "model.qdq.onnx"
-PLAN = "model.plan"
 _EXPORTER_RANGES = {(-128, 127), (0, 255)}
 
 
@@ -193,12 +191,8 @@ def export_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def target_of(model: nn.Module) -> Literal["trt", "ort"]:
     """``trt`` when every quantizer is symmetric 8-bit-activation (TensorRT numerics), else ``ort``."""
-    for q in quantizers(model):
-        if q.mode != "quantize":
-            continue
-        if not q.spec.symmetric or q.spec.paper_scale or (q.role is Role.ACTIVATION and q.spec.num_bits != 8):
-            return "ort"
-    return "trt"
+    runnable = (q.spec.trt_runnable(activation=q.role is Role.ACTIVATION) for q in quantizers(model) if q.mode == "quantize")
+    return "trt" if all(runnable) else "ort"
 
 
 def _weight_bits(model: nn.Module) -> int:
@@ -301,54 +295,3 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> onnx.M
 
 
 # -- graph post-processing ------------------------------------------------------------------------
-def export_run(
-    run_dir: str | Path, fmt: Literal["onnx", "trt"] = "onnx", model: nn.Module | None = None, **opts: Any
-) -> Path:
-    """Export a run directory's calibrated model: ``RUN/model.qdq.onnx`` (and ``RUN/model.plan`` for trt).
-
-    Args:
-        run_dir: a directory written by ``dfq calibrate`` or :func:`dfq.pipeline.run_calibration`.
-        fmt: ``onnx`` or ``trt`` (ONNX, then a TensorRT engine via :func:`dfq.export.tensorrt.build_engine`).
-        model: the float architecture, for runs of models built in Python (see :func:`dfq.load`);
-            None rebuilds the timm model named in the recipe.
-        **opts: ``fp16_remainder`` (default True for ``trt``), ``int4_weights``, ``opset`` for the
-            ONNX export; ``workspace_gib``, ``timing_cache``, ``fp16`` for the engine build.
-
-    Returns:
-        The ONNX path for ``onnx``, the plan path for ``trt``.
-
-    Raises:
-        DfqError: ``trt`` requested for numerics TensorRT cannot run, unknown format or options.
-    """
-    from dfq.config import QuantConfig
-    from dfq.models import data_config
-    from dfq.runs import load, read_recipe
-
-    if fmt not in ("onnx", "trt"):
-        raise DfqError(f"unknown export format {fmt!r}; choose onnx or trt")
-    run = Path(run_dir)
-    recipe = read_recipe(run)
-    config = QuantConfig.from_dict(recipe["quant"])
-    if fmt == "trt" and not config.trt_compatible:
-        raise DfqError(
-            f"'{config.name or config.numerics}' uses {config.numerics} numerics (asymmetric/UINT8 activations) "
-            "that TensorRT cannot run; export --format onnx for ONNX Runtime, or calibrate with trt numerics"
-        )
-    onnx_keys = {"fp16_remainder", "int4_weights", "opset"}
-    trt_keys = {"workspace_gib", "timing_cache", "fp16"}
-    unknown = set(opts) - onnx_keys - trt_keys
-    if unknown:
-        raise DfqError(f"unknown export option(s) {sorted(unknown)}; valid: {sorted(onnx_keys | trt_keys)}")
-    if fmt == "trt":  # strong typing runs an FP32 remainder in FP32: TensorRT wants it in FP16
-        opts.setdefault("fp16_remainder", True)
-    qmodel = load(run, model=model)
-    size = recipe.get("data_config", {}).get("input_size") or data_config(qmodel)["input_size"]
-    shape = tuple(int(s) for s in size)
-    onnx_path = export_onnx(
-        qmodel, run / QDQ_ONNX, input_shape=shape, **{k: v for k, v in opts.items() if k in onnx_keys}
-    )
-    if fmt == "onnx":
-        return onnx_path
-    from dfq.export.tensorrt import build_engine
-
-    return build_engine(onnx_path, run / PLAN, **{k: v for k, v in opts.items() if k in trt_keys})

@@ -428,7 +428,7 @@ def test_only_dfq_errors_are_bad_input(monkeypatch):
 
 def test_choices_come_from_the_registries():
     from dfq.calibrators import calibrator_names
-    from dfq.config import presets
+    from dfq.config import BiasCorrection, presets
     from dfq.inversion import inverter_names
     from dfq.jobs.evaluate import BACKENDS
     from dfq.jobs.export import EXPORT_FORMATS
@@ -440,4 +440,5 @@ def test_choices_come_from_the_registries():
     assert choices("calibrate", "scheme") == {k.split("-")[0] for k in presets}
     assert choices("calibrate", "numerics") == {c.numerics for c in presets.values()}
     assert choices("eval", "backend") == set(BACKENDS)
+    assert choices("calibrate", "bias_correction") == {m.value for m in BiasCorrection}
     assert choices("export", "fmt") == choices("calibrate", "export_fmt") == set(EXPORT_FORMATS)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dfq.calibrators import calibrator_names
-from dfq.config import QuantConfig, for_onnxruntime, preset
+from dfq.config import BiasCorrection, QuantConfig, for_onnxruntime, preset
 from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.errors import DfqError
@@ -93,7 +93,7 @@ def quant_config_from_options(
     sites: str | None = None,
     no_head: bool = False,
     target: str = "trt",
-    bias_correction: str = "auto",
+    bias_correction: BiasCorrection | str = BiasCorrection.AUTO,
 ) -> QuantConfig:
     """The CLI's quantization options as a config: the preset, then each option applied to it.
 
