@@ -22,7 +22,7 @@ from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.syncs import HostSyncCounter
 from dfq.quant.transform import quantize_
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fakequant_overhead.py"
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "fakequant_overhead.py"
 
 
 def _calibrated(name: str, config: QuantConfig) -> tuple[nn.Module, torch.Tensor]:
