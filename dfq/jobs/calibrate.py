@@ -8,7 +8,6 @@ complete; an inversion checkpoint of this run is removed only after that.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +27,7 @@ from dfq.jobs.evaluate import evaluate_pair
 from dfq.jobs.model import load_job_model
 from dfq.jobs.sources import CalibrationSource, resolve_source
 from dfq.preview import model_patch_size, save_preview
-from dfq.quant.calibrate import calibrate
-from dfq.quant.transform import quantize_
+from dfq.quant.variants import calibrated_copy
 
 __all__ = ["CalibrateRequest", "run_calibrate", "quant_config_from_options", "calibration_forward_loop", "TARGETS"]
 
@@ -201,9 +199,9 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
             )  # fmt: skip
         calib = resolved.calib
         with _timer(timings, "quantize_and_calibrate"):
-            qmodel = quantize_(copy.deepcopy(job_model.module), request.config)
-            dense = request.dense_calibration
-            calibrate(qmodel, calibration_forward_loop(calib, request.batch_size, device, request.progress, dense))
+            loop = calibration_forward_loop(calib, request.batch_size, device, request.progress,
+                                            request.dense_calibration)  # fmt: skip
+            qmodel = calibrated_copy(job_model.module, request.config, loop)
         recipe = {
             "model": job_model.identity,
             "quant": request.config.to_dict(),
