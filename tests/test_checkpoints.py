@@ -5,7 +5,6 @@ identity that a resumed inversion checks."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -32,26 +31,6 @@ def test_nonfinite_checkpoint_is_refused(tmp_path: Path) -> None:
     torch.save({"a": torch.ones(2), "b": torch.tensor([float("inf")])}, path)
     with pytest.raises(DfqError, match=r"checkpoint .*w\.pth holds NaN or infinite values in 1 tensor\(s\) \(b\)"):
         load_checkpoint_state(path)
-
-
-def test_quantize_refuses_a_model_with_nonfinite_weights() -> None:
-    model = dfq.load_model("test_vit", pretrained=False)
-    with torch.no_grad():
-        model.blocks[1].attn.proj.weight[3, 2] = float("nan")
-    with pytest.raises(DfqError, match="blocks.1.attn.proj.weight"):
-        dfq.quantize_(model, dfq.presets["w8a8"])
-
-
-def test_calibration_refuses_nonfinite_ranges() -> None:
-    """Finite weights, but activations that overflow: the range must not silently become inf."""
-    model = dfq.quantize_(dfq.load_model("test_vit", pretrained=False), dfq.presets["w8a8"])
-    images = torch.randn(2, 3, 160, 160)
-    images[0, 0, 0, 0] = float("inf")
-    with pytest.raises(DfqError, match="inf or NaN"):  # the softmax site's histogram sees the NaN first
-        dfq.calibrate(model, lambda m: m(images))
-    minmax = dfq.quantize_(dfq.load_model("test_vit", pretrained=False), dataclasses.replace(dfq.presets["w8a8"], site_calibrators=()))
-    with pytest.raises(DfqError, match="NaN or infinite range"):  # min/max of inf is inf: caught at the end
-        dfq.calibrate(minmax, lambda m: m(images))
 
 
 def test_load_refuses_a_run_with_nonfinite_state(tmp_path: Path) -> None:

@@ -1,14 +1,12 @@
-"""Types where strings were: the quantizer :class:`Role` and the :class:`BiasCorrection` mode.
+"""dfq.quant.quantizer: the fake quantizer's numerics, its :class:`Role` and its calibrated flag.
 
-The role is fixed at construction and is not state (saved runs load as before); bias correction is an
-enum in the config that still accepts, and still writes, the plain strings of recipes on disk.
+The role is fixed at construction and is not state (saved runs load as before); a quantizer that is not
+calibrated refuses to run.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import pickle
 
 import pytest
@@ -16,32 +14,29 @@ import timm
 import torch
 from torch import nn
 
-from dfq.config import BiasCorrection, QuantConfig, QuantSpec, preset
+from dfq.config import QuantConfig, QuantSpec, preset
 from dfq.quant.calibrate import activation_quantizers, calibrate, calibration_mode, weight_quantizers
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer, Role
 from dfq.quant.transform import quantize_
-
-# What dfq wrote before BiasCorrection existed (preset w4a8 with bias_correction="on"), byte for byte.
-OLD_RECIPE = (
-    '{"act": {"calibrator": "minmax", "calibrator_args": {}, "num_bits": 8, "paper_scale": false, '
-    '"per_channel": false, "symmetric": true}, "act_sites": ["conv_in", "fc1_in", "fc2_in", "head_in", '
-    '"image", "k", "linear_in", "proj_in", "q", "qkv_in", "softmax", "v"], "bias_correction": "on", '
-    '"name": "w4a8", "numerics": "trt", "quantize_head": true, "quantize_patch_embed": true, '
-    '"site_calibrators": {"softmax": "mse"}, "version": 1, "weight": {"calibrator": "mse", '
-    '"calibrator_args": {}, "num_bits": 4, "paper_scale": false, "per_channel": true, "symmetric": true}}'
-)
-
-
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("test_vit", pretrained=False).eval()
+from tests.quant._helpers import _images
 
 
 def _calibrated(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, torch.Tensor]:
     x = torch.randn(4, 3, *model.patch_embed.img_size)
     return calibrate(quantize_(copy.deepcopy(model), config), lambda m: m(x)), x
+
+
+def test_paper_activation_numerics_are_asymmetric_uint8():
+    spec = QuantSpec(num_bits=8, symmetric=False)
+    fq = FakeQuantizer(spec, site="x")
+    x = torch.cat([torch.tensor([-1.0, 3.0]), torch.rand(200) * 4 - 1])  # range exactly [-1, 3]
+    with calibration_mode(nn.Sequential(fq)):
+        fq(x)
+    scale = 4.0 / 255
+    zp = round(1.0 / scale)
+    ref = (torch.clamp(torch.round(x.double() / scale) + zp, 0, 255) - zp) * scale
+    torch.testing.assert_close(fq(x).double(), ref, atol=1e-6, rtol=0)
 
 
 # -- Role ------------------------------------------------------------------------------------------
@@ -123,44 +118,16 @@ def test_calibrated_flag_follows_the_range(vit):
     assert [a.is_calibrated for a in activation_quantizers(q)] == before == [False] * len(before)
 
 
-# -- BiasCorrection ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", ["auto", "on", "off"])
-def test_bias_correction_accepts_strings_and_writes_them_back(text):
-    cfg = QuantConfig(bias_correction=text)
-    assert cfg.bias_correction is BiasCorrection(text)
-    assert cfg == QuantConfig(bias_correction=BiasCorrection(text))
-    assert dataclasses.replace(preset("w8a8"), bias_correction=text).bias_correction is BiasCorrection(text)
-    d = cfg.to_dict()
-    assert type(d["bias_correction"]) is str and d["bias_correction"] == text
-    assert QuantConfig.from_dict(json.loads(json.dumps(d))) == cfg
+def test_uncalibrated_model_refuses_to_run(vit):
+    q = quantize_(copy.deepcopy(vit), preset("w8a8"))
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        q(_images(vit, 1))
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_(q, preset("w8a8"))
 
 
-@pytest.mark.parametrize("bad", ["ON", "yes", True, None, 1])
-def test_bias_correction_refuses_other_values(bad):
-    with pytest.raises(ValueError, match="auto, on or off"):
-        QuantConfig(bias_correction=bad)
-
-
-def test_old_string_recipe_round_trips_unchanged():
-    cfg = QuantConfig.from_dict(json.loads(OLD_RECIPE))
-    assert cfg.bias_correction is BiasCorrection.ON
-    assert cfg == dataclasses.replace(preset("w4a8"), bias_correction=BiasCorrection.ON)
-    assert json.dumps(cfg.to_dict(), sort_keys=True) == OLD_RECIPE
-
-
-@pytest.mark.parametrize(
-    ("mode", "cnn", "expected"),
-    [("auto", True, True), ("auto", False, False), ("on", False, True), ("off", True, False)],
-)
-def test_auto_resolves_by_model_family(mode, cnn, expected):
-    assert BiasCorrection(mode).enabled(cnn=cnn) is expected
-
-
-def test_bias_correction_reaches_the_layers(vit):
-    def corrected(model: nn.Module, mode: str) -> set[bool]:
-        q = quantize_(copy.deepcopy(model), dataclasses.replace(preset("w8a8"), bias_correction=mode))
-        return {m.bias_correction is not None for m in q.modules() if isinstance(m, QuantLayer)}
-
-    resnet = timm.create_model("test_resnet", pretrained=False).eval()
-    assert corrected(resnet, "auto") == {True} and corrected(resnet, "off") == {False}
-    assert corrected(vit, "auto") == {False} and corrected(vit, "on") == {True}
+def test_the_uncalibrated_check_still_guards_the_forward():
+    torch.manual_seed(0)
+    q = quantize_(timm.create_model("test_vit", pretrained=False).eval(), preset("w8a8"))
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        q(torch.randn(1, 3, *q.patch_embed.img_size))

@@ -83,13 +83,6 @@ def test_calibrated_fakequant_forward_has_no_host_sync(one_thread, name, config)
     assert xg.grad is not None
 
 
-def test_the_uncalibrated_check_still_guards_the_forward():
-    torch.manual_seed(0)
-    q = quantize_(timm.create_model("test_vit", pretrained=False).eval(), preset("w8a8"))
-    with pytest.raises(RuntimeError, match="not calibrated"):
-        q(torch.randn(1, 3, *q.patch_embed.img_size))
-
-
 def test_benchmark_help_runs():
     out = subprocess.run(
         [sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True, timeout=120, check=True
