@@ -66,19 +66,6 @@ def test_weights_sha256_is_the_weights_identity() -> None:
     assert len(weights_sha256(a)) == 64
 
 
-def test_old_and_newer_inversion_checkpoints_are_refused(tmp_path: Path) -> None:
-    model = dfq.load_model("test_vit", pretrained=False)
-    ckpt = tmp_path / "c.ckpt"
-    settings = {"num_images": 1, "iterations": 1, "checkpoint_path": str(ckpt), "progress": False}
-    dfq.invert(model, "deepinversion", **settings)
-    for version, message in ((1, "does not record the model weights"), (99, "newer dfq")):
-        state = torch.load(ckpt, weights_only=True)
-        state["version"] = version
-        torch.save(state, ckpt)
-        with pytest.raises(DfqError, match=message):
-            dfq.invert(model, "deepinversion", **settings)
-
-
 def test_extra_state_does_not_break_the_checks() -> None:
     class WithExtra(torch.nn.Linear):
         def get_extra_state(self) -> dict:

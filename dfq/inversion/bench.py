@@ -16,7 +16,7 @@ kernel runs, fused or not, and on the ``meta`` device. Per image and iteration (
 so the backward computes input gradients only, one matmul per forward matmul of a linear layer, two
 per attention matmul), with ``T = k + 1`` tokens of width ``D`` and an MLP ratio of 4, that is
 ``depth·(48·T·D² + 12·T²·D)`` for the blocks plus twice the dense patch embedding and twice the
-classifier on the CLS token (``tests/test_inversion_vit.py`` checks DeiT-Base against it). An
+classifier on the CLS token (``tests/inversion/test_bench.py`` checks DeiT-Base against it). An
 attention op without a formula (a kernel a later torch adds) is reported with a warning.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` per stage on CUDA; on the CPU it is reported as

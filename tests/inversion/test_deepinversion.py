@@ -16,79 +16,14 @@ from torch import Tensor, nn
 
 import dfq.inversion.deepinversion as di
 from dfq.errors import DfqError
-from dfq.inversion import get_inverter, invert, inverter_names, priors
-from dfq.inversion._loop import pixel_bounds
+from dfq.inversion import priors
 from dfq.inversion.deepinversion import DeepInversionConfig, deepinversion, deepinversion_loss
-from dfq.models import data_config
-
-SMALL = 64
-
+from tests.inversion._cnn import SMALL, _resnet, _small_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _resnet() -> nn.Module:
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
-    with torch.no_grad():  # running statistics far from (0, 1) so the BN term is informative
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
-
-
-def _small_cfg(model: nn.Module, **overrides: object) -> dict:
-    """The data config a caller computes once for the inverters: the model's own at SMALL pixels."""
-    return data_config(model, input_size=SMALL, **overrides)
-
-
 RESNET_SMALL = _small_cfg(_resnet())
-
-
-def _small_kwargs(name: str) -> dict:
-    names = {f.name for f in dataclasses.fields(get_inverter(name).config_cls)}
-    wanted = {
-        "num_images": 2,
-        "batch_size": 2,
-        "iterations": 3,
-        "log_every": 1,
-        # generator-based methods (CMI): shrink the generator, head and memory bank too
-        "nz": 16,
-        "ngf": 8,
-        "head_dim": 16,
-        "bank_size": 64,
-        "n_neg": 8,
-    }
-    return {k: v for k, v in wanted.items() if k in names}
-
-
-@pytest.mark.parametrize("name", [n for n in inverter_names() if "cnn" in get_inverter(n).families and n != "folder"])
-def test_every_cnn_inverter_runs(name: str) -> None:
-    model = _resnet()
-    size = tuple(data_config(model)["input_size"])
-    cs = invert(model, name, progress=False, **_small_kwargs(name))
-    assert cs.images.shape == (2, *size)
-    assert torch.isfinite(cs.images).all()
-    if getattr(get_inverter(name).make_config(), "clip", False):
-        lo, hi = pixel_bounds(data_config(model)["mean"], data_config(model)["std"])
-        assert (cs.images >= lo - 1e-6).all() and (cs.images <= hi + 1e-6).all()
-    assert all(p.requires_grad for p in model.parameters())
-
-
-@pytest.mark.parametrize(
-    "name", [n for n in inverter_names() if "cnn" in get_inverter(n).families and n not in ("folder", "noise")]
-)
-def test_the_callers_normalization_reaches_the_images(name: str) -> None:
-    """Regression: ``data_overrides`` mean/std 0.5 were recorded while the inverters clipped to the
-    model's own (ImageNet) bounds, about [-2.1, 2.6]: they recomputed the data config themselves."""
-    model = _resnet()
-    half = _small_cfg(model, mean=(0.5,) * 3, std=(0.5,) * 3)
-    cs = invert(model, name, data_cfg=half, progress=False, **_small_kwargs(name))
-    assert cs.images.shape == (2, 3, SMALL, SMALL)  # test_resnet's own size is 224: data_cfg's wins
-    assert cs.images.min() >= -1 - 1e-6 and cs.images.max() <= 1 + 1e-6
-    if getattr(get_inverter(name).make_config(), "clip", False):  # the Gaussian init saturates the bounds
-        assert cs.images.min() == -1 and cs.images.max() == 1
 
 
 def test_cnn_defaults_are_nvlabs() -> None:
