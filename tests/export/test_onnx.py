@@ -1,4 +1,4 @@
-"""Q/DQ ONNX export: placement, numerics, checker, ORT parity, options, run directories, TensorRT (skipped without it).
+"""Q/DQ ONNX export (dfq.export.onnx): placement, numerics, options, dynamic batch.
 
 References are independent of the exporter: scales are recomputed from the quantizers' ``lo``/``hi``
 buffers, weight codes are compared with the torch fake-quantized weights, and graph rules are read
@@ -7,110 +7,27 @@ directly off the ONNX nodes.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import timm
 import torch
-from onnx import numpy_helper
 from torch import nn
 
-from dfq.config import QuantConfig, for_onnxruntime, preset
+from dfq.config import for_onnxruntime
 from dfq.errors import DfqError
-from dfq.export.checker import Finding, check_model, check_onnx
+from dfq.export.checker import check_onnx
 from dfq.export.onnx import export_mode, export_onnx
 from dfq.export.parity import parity
 from dfq.export.runtime import ort_predictor
 from dfq.quant.calibrate import calibrate, quantizers_off
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.transform import quantize_
-
-SHAPE = (3, 160, 160)
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-
-
-def _config(scheme: str) -> QuantConfig:
-    cfg = preset(*scheme.split("-")) if "-" in scheme else preset(scheme)
-    if scheme == "w4a8":  # the preset's per-channel MSE search costs ~30 s here; the 4-bit grid is the same
-        cfg = dataclasses.replace(cfg, weight=dataclasses.replace(cfg.weight, calibrator="minmax"))
-    return cfg
-
-
-def _calibrated(name: str, scheme: str) -> nn.Module:
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False).eval()
-    x = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(1))
-    return calibrate(quantize_(model, _config(scheme)), lambda m: m(x))
-
-
-@pytest.fixture(scope="module")
-def w4(out: Path) -> tuple[nn.Module, Path]:
-    model = _calibrated("test_vit", "w4a8")
-    return model, export_onnx(model, out / "w4.onnx", input_shape=SHAPE)
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export")
-
-
-@pytest.fixture(scope="module")
-def vit(out: Path) -> tuple[nn.Module, Path]:
-    model = _calibrated("test_vit", "w8a8")
-    return model, export_onnx(model, out / "vit.onnx", input_shape=SHAPE)
-
-
-@pytest.fixture(scope="module")
-def cnn(out: Path) -> tuple[nn.Module, Path]:
-    model = _calibrated("test_resnet", "w8a8")
-    return model, export_onnx(model, out / "cnn.onnx", input_shape=SHAPE)
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(2))
-
-
-class Graph:
-    """Read-only view of an ONNX graph: producers, consumers, constants."""
-
-    def __init__(self, path: Path | onnx.ModelProto) -> None:
-        self.model = onnx.load(str(path)) if isinstance(path, Path) else path
-        g = self.model.graph
-        self.nodes = list(g.node)
-        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-        self.producer = {o: n for n in self.nodes for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in self.nodes:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-
-    def op(self, op_type: str) -> list[onnx.NodeProto]:
-        return [n for n in self.nodes if n.op_type == op_type]
-
-    def src(self, name: str) -> str:
-        n = self.producer.get(name)
-        return n.op_type if n is not None else ("initializer" if name in self.consts else "input")
-
-    def axis(self, node: onnx.NodeProto) -> int:
-        return next((a.i for a in node.attribute if a.name == "axis"), 1)
-
-
-def _is_activation_dq(g: Graph, name: str) -> bool:
-    dq = g.producer.get(name)
-    return dq is not None and dq.op_type == "DequantizeLinear" and g.src(dq.input[0]) == "QuantizeLinear"
+from tests.export._helpers import SHAPE, Graph, _calibrated, _config, _is_activation_dq
 
 
 # -- graph rules ----------------------------------------------------------------------------------
-def test_checker_is_clean_on_vit_and_cnn(vit, cnn):
-    for _, path in (vit, cnn):
-        assert [f for f in check_onnx(path) if f.severity == "error"] == []
-
-
 def test_every_matmul_input_is_dequantized_including_attention(vit):
     model, path = vit
     g = Graph(path)
@@ -199,26 +116,6 @@ def test_weight_dq_axis_and_codes_match_torch(vit, cnn):
             assert any(d.shape == w.shape and np.allclose(d, w, rtol=0, atol=1e-6) for d in dequantized)
 
 
-# -- ORT parity and dynamic batch --------------------------------------------------------------
-@pytest.mark.parametrize("which", ["vit", "cnn"])
-def test_ort_matches_torch_fake_quant(which, vit, cnn, images):
-    model, path = vit if which == "vit" else cnn
-    r = parity(model, path, images)
-    assert r["providers"] == ["CPUExecutionProvider"]
-    # ORT's integer kernels round differently from torch by an ulp; an activation within an ulp of
-    # a rounding tie then lands one quantization step away (~6 of 10^7 activations here) and later
-    # quantizers amplify the perturbation. Two bit-different runs of one fake-quant graph therefore
-    # differ by up to the quantization noise (two independent noise draws: ~sqrt(2) x); a real
-    # export bug (wrong scale, axis or placement) gives gaps far above it. Yardstick: the
-    # quantization error |fake-quant - float| the user already accepted.
-    assert r["mean_abs_diff"] <= r["quant_error_mean"]
-    assert r["max_abs_diff"] <= 2 * r["quant_error_max"]
-    # argmax can only change where the top-2 margin is within 2 * max|dlogit|
-    assert r["agreement"] == 1 or r["min_top2_margin"] <= 2 * r["max_abs_diff"]
-    if which == "cnn":  # no attention, few chained quantizers: flip-free images match to float precision
-        assert r["float_exact_fraction"] >= 0.5 and r["agreement"] >= 0.99
-
-
 def test_conv_subclass_with_its_own_forward_exports(out, images):
     """timm's ``Conv2dSame`` (TF 'same' padding, the Keras MobileNet's convs) keeps its padding in the
     export and its weight on the integer grid: ORT matches torch fake-quant."""
@@ -296,103 +193,6 @@ def test_w4a8_weights_on_the_4bit_grid(w4):
     assert (np.abs(g.consts[conv.input[0]]).reshape(w.shape[0], -1).max(1) == 7).all()
 
 
-def test_int4_weight_only_export(out, w4, images):
-    model, w4_path = w4
-    int8 = Graph(w4_path)
-    path = export_onnx(model, out / "w4_int4.onnx", input_shape=SHAPE, int4_weights=True)
-    g = Graph(path)
-    assert next(o.version for o in g.model.opset_import if o.domain == "") == 21
-    int4 = [
-        dq
-        for dq in g.op("DequantizeLinear")
-        if dq.input[0] in g.consts and g.consts[dq.input[0]].dtype != np.int8
-    ]
-    assert len(int4) == 4 * len(model.blocks) + 1  # qkv, proj, fc1, fc2 per block + head; the conv stays INT8
-    codes4 = sorted(g.consts[dq.input[0]].astype(np.int8).tobytes() for dq in int4)
-    codes8 = sorted(
-        int8.consts[dq.input[0]].tobytes()
-        for dq in int8.op("DequantizeLinear")
-        if dq.input[0] in int8.consts and int8.consts[dq.input[0]].ndim == 2
-    )
-    assert codes4 == codes8
-    for mm in g.op("MatMul"):  # weight-only: weighted MatMuls take float activations
-        if mm.input[1] in {dq.output[0] for dq in int4}:
-            assert not _is_activation_dq(g, mm.input[0])
-    y = ort_predictor(path)(images[:2])
-    assert torch.isfinite(y).all()
-
-
-def test_fp16_remainder(out, vit, images):
-    model, _ = vit
-    path = export_onnx(model, out / "fp16.onnx", input_shape=SHAPE, fp16_remainder=True)
-    g = Graph(path)
-    assert not [f for f in check_onnx(path) if f.severity == "error"]
-    assert not any(a.dtype == np.float32 for a in g.consts.values())
-    r = parity(model, path, images[:4])
-    # FP16 activations and scales add their own rounding (about 2^-11 relative per op) on top of the
-    # INT8 grid: the gap stays of the order of the quantization error, not above twice it
-    assert r["mean_abs_diff"] <= 2 * r["quant_error_mean"]
-
-
 def test_int4_refused_for_8bit_weights(out, vit):
     with pytest.raises(DfqError, match="4-bit"):
         export_onnx(vit[0], out / "x.onnx", input_shape=SHAPE, int4_weights=True)
-
-
-# -- checker on broken graphs ---------------------------------------------------------------------
-def test_checker_catches_broken_graphs(vit):
-    proto = onnx.load(str(vit[1]))
-    g = Graph(proto)
-    q0, q1 = g.op("QuantizeLinear")[:2]
-    for t in proto.graph.initializer:
-        if t.name == q0.input[2]:
-            t.CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8), t.name))
-        if t.name == q1.input[1]:
-            t.CopyFrom(numpy_helper.from_array(np.array(-0.5, dtype=np.float32), t.name))
-    proto.graph.node.append(
-        onnx.helper.make_node(
-            "QLinearConv", ["a", "b", "c", "d", "e", "f", "g", "h"], ["y"], name="bad_qconv"
-        )
-    )
-    mm = next(n for n in g.op("MatMul") if n.input[1] in {d.output[0] for d in g.op("DequantizeLinear")})
-    proto.graph.node.append(
-        onnx.helper.make_node(
-            "QuantizeLinear", [mm.output[0], q0.input[1], q0.input[2]], ["oq"], name="out_q"
-        )
-    )
-    findings = check_model(proto)
-    errors = [f for f in findings if f.severity == "error"]
-    text = "\n".join(str(f) for f in errors)
-    assert "zero-point must be 0" in text
-    assert "positive and finite" in text
-    assert "QOperator op QLinearConv" in text and any(f.node == "bad_qconv" for f in errors)
-    assert any(f.node == "out_q" and "output of MatMul" in f.message for f in errors)
-    assert all(isinstance(f, Finding) for f in findings)
-
-
-def test_checker_catches_wrong_weight_axis(vit):
-    proto = onnx.load(str(vit[1]))
-    g = Graph(proto)
-    dq = next(
-        d for d in g.op("DequantizeLinear") if d.input[0] in g.consts and g.consts[d.input[0]].ndim == 2
-    )
-    codes = g.consts[dq.input[0]]
-    for t in proto.graph.initializer:  # a square weight with the axis flipped keeps shapes valid
-        if t.name == dq.input[1]:
-            t.CopyFrom(numpy_helper.from_array(np.ones(codes.shape[0], np.float32), t.name))
-    for a in dq.attribute:
-        if a.name == "axis":
-            a.i = 0
-    assert any("output-channel axis" in f.message for f in check_model(proto))
-
-
-def test_ort_unoptimized_runs_the_graph_as_written(vit, images):
-    """optimize=False keeps every Q/DQ node (no fusion into integer kernels) and gives the same numbers up
-    to rounding-tie flips, bounded as in the parity tests."""
-    model, path = vit
-    fused, plain = ort_predictor(path, threads=1), ort_predictor(path, threads=1, optimize=False)
-    assert plain.session.get_session_options().graph_optimization_level.name == "ORT_DISABLE_ALL"
-    a, b = fused(images[:4]), plain(images[:4])
-    with torch.no_grad(), quantizers_off(model):
-        flt = model(images[:4])
-    assert a.shape == b.shape and (a - b).abs().mean() <= (a - flt).abs().mean()

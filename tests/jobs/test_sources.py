@@ -1,0 +1,23 @@
+"""dfq.jobs.sources: a calibration source is exactly one of a folder, a saved set or an inversion method."""
+
+from __future__ import annotations
+
+import pytest
+
+from dfq.errors import DfqError
+from dfq.jobs import CalibrationSource
+
+
+def test_source_from_options_needs_exactly_one() -> None:
+    with pytest.raises(DfqError, match="exactly one"):
+        CalibrationSource.from_options(None, None, None)
+    with pytest.raises(DfqError, match="exactly one"):
+        CalibrationSource.from_options(".", None, "noise")
+    with pytest.raises(DfqError, match="needs --inversion"):
+        CalibrationSource.from_options(".", None, None, ("lr=1",))
+    with pytest.raises(DfqError, match="choose from"):
+        CalibrationSource.inversion("no-such-method")
+    with pytest.raises(DfqError, match="is not a directory"):
+        CalibrationSource.folder("/nonexistent-folder")
+    source = CalibrationSource.from_options(None, None, "noise", ("std=0.5",))
+    assert source.describe() == {"source": "inversion", "method": "noise", "settings": ["std=0.5"]}
