@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 from torch import nn
 
 from dfq.config import preset
+from dfq.errors import DfqError
 from dfq.quant.calibrate import calibrate
 from dfq.quant.transform import quantize_
 from dfq.runs import RECIPE, save_quant_state, write_json
+
+
+def _one_line(err: pytest.ExceptionInfo[DfqError]) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
 
 SHAPE = (3, 64, 64)
 

@@ -254,6 +254,14 @@ def test_calibration_load_errors(tmp_path: Path) -> None:
         CalibrationSet.load(good)
 
 
+def test_calibration_set_with_nonfinite_images_is_refused(tmp_path: Path) -> None:
+    images = torch.zeros(2, 3, 4, 4)
+    images[1, 2, 3, 3] = float("nan")
+    CalibrationSet(images).save(tmp_path)
+    with pytest.raises(DfqError, match="calibration set .* NaN or infinite"):
+        CalibrationSet.load(tmp_path)
+
+
 # ------------------------------------------------------------------------------------ real assets
 def test_imagenet_sample_labels(assets: Path) -> None:
     root = assets / "data" / "imagenet-sample" / "val"

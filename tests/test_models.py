@@ -1,8 +1,8 @@
-"""Tests for dfq.models: names, checkpoints, fail-fast hub, preprocessing, ImageNet index, families."""
+"""Tests for dfq.models: names, fail-fast hub, preprocessing, ImageNet index, families (loading a
+checkpoint into a model: test_checkpoints.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -10,11 +10,9 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from dfq import models
-from dfq.checkpoints import checkpoint_sha256, load_checkpoint_state
 from dfq.errors import DfqError
 from dfq.models import (
     ALIASES,
@@ -26,12 +24,7 @@ from dfq.models import (
     resolve_model_name,
     wnid_to_index,
 )
-
-
-def _one_line(err: pytest.ExceptionInfo[DfqError]) -> str:
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
+from tests._helpers import _one_line
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -55,104 +48,6 @@ def test_unknown_name_suggests_close_matches() -> None:
         resolve_model_name("deit_tinny")
     msg = _one_line(err)
     assert "deit_tiny" in msg and "aliases" in msg
-
-
-# ------------------------------------------------------------------------------------- checkpoints
-@pytest.fixture(scope="module")
-def vit_state() -> dict[str, torch.Tensor]:
-    torch.manual_seed(123)
-    return {k: v.clone() for k, v in timm.create_model("test_vit", pretrained=False).state_dict().items()}
-
-
-def _assert_same(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    loaded = model.state_dict()
-    assert loaded.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(loaded[key], value), key
-
-
-WRAPPERS = {
-    "plain": lambda sd: sd,
-    "model": lambda sd: {"model": sd, "epoch": 3},
-    "state_dict": lambda sd: {"state_dict": sd, "best_prec1": 91.7},
-    "model_state": lambda sd: {"model_state": sd, "optimizer": {"lr": torch.tensor(0.1)}},
-    "module_prefix": lambda sd: {f"module.{k}": v for k, v in sd.items()},
-    "wrapped_module_prefix": lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
-}
-
-
-@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
-@pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin"])
-def test_checkpoint_round_trip_torch(tmp_path: Path, vit_state: dict, wrapper: str, suffix: str) -> None:
-    path = tmp_path / f"ckpt{suffix}"
-    torch.save(WRAPPERS[wrapper](vit_state), path)
-    model = load_model("test_vit", checkpoint=path)
-    assert not model.training
-    _assert_same(model, vit_state)
-
-
-def test_checkpoint_round_trip_safetensors(tmp_path: Path, vit_state: dict) -> None:
-    path = tmp_path / "ckpt.safetensors"
-    save_file({k: v.contiguous() for k, v in vit_state.items()}, str(path))
-    _assert_same(load_model("test_vit", checkpoint=path), vit_state)
-    prefixed = tmp_path / "prefixed.safetensors"
-    save_file({f"module.{k}": v.contiguous() for k, v in vit_state.items()}, str(prefixed))
-    assert load_checkpoint_state(prefixed).keys() == vit_state.keys()
-
-
-def test_strict_mismatch_lists_keys(tmp_path: Path, vit_state: dict) -> None:
-    state = dict(vit_state)
-    state.pop("cls_token")
-    state["extra.weight"] = torch.zeros(2)
-    state["head.weight"] = torch.zeros(10, state["head.weight"].shape[1])
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
-    with pytest.raises(DfqError) as err:
-        load_model("test_vit", checkpoint=path)
-    msg = _one_line(err)
-    assert "1 missing (cls_token)" in msg
-    assert "1 unexpected (extra.weight)" in msg
-    assert "head.weight (10, " in msg
-
-    with pytest.warns(UserWarning, match="cls_token"):
-        model = load_model("test_vit", checkpoint=path, strict=False)
-    assert torch.equal(model.state_dict()["pos_embed"], vit_state["pos_embed"])
-
-
-def test_wrong_architecture_is_summarized(tmp_path: Path) -> None:
-    path = tmp_path / "resnet.pth"
-    torch.save(timm.create_model("test_resnet").state_dict(), path)
-    with pytest.raises(DfqError) as err:
-        load_model("test_vit", checkpoint=path)
-    msg = _one_line(err)
-    assert "missing" in msg and "unexpected" in msg and "…" in msg
-
-
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_corrupt_checkpoint(tmp_path: Path, suffix: str) -> None:
-    path = tmp_path / f"corrupt{suffix}"
-    path.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(DfqError) as err:
-        load_model("test_vit", checkpoint=path)
-    assert str(path) in _one_line(err)
-
-
-def test_missing_and_non_state_dict_checkpoints(tmp_path: Path) -> None:
-    with pytest.raises(DfqError, match="does not exist"):
-        load_model("test_vit", checkpoint=tmp_path / "nope.pth")
-    path = tmp_path / "list.pth"
-    torch.save({"weights": [1, 2, 3], "epoch": 1}, path)
-    with pytest.raises(DfqError, match="not a state_dict"):
-        load_checkpoint_state(path)
-
-
-def test_checkpoint_sha256(tmp_path: Path) -> None:
-    path = tmp_path / "blob.bin"
-    data = bytes(range(256)) * 5000
-    path.write_bytes(data)
-    assert checkpoint_sha256(path, chunk_size=4096) == hashlib.sha256(data).hexdigest()
-    with pytest.raises(DfqError):
-        checkpoint_sha256(tmp_path / "missing.bin")
 
 
 # -------------------------------------------------------------------------------------------- hub

@@ -1,4 +1,5 @@
-"""Run directories (``dfq/runs.py``): ``--force`` replaces only what dfq wrote, never a user's folder."""
+"""Run directories (``dfq/runs.py``): ``--force`` replaces only what dfq wrote, never a user's folder; the
+report flags non-finite logits; ``load`` refuses a run whose saved state is not finite."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import dfq
 from dfq.data import CalibrationSet, is_calibration_dir
 from dfq.errors import DfqError
-from dfq.runs import RECIPE, check_output, is_run_dir, run_directory
+from dfq.runs import QUANT_STATE, RECIPE, check_output, is_run_dir, load, run_directory, save_quant_state
 
 
 def _fake_run(path: Path) -> Path:
@@ -101,3 +103,17 @@ def test_report_flags_nonfinite_logits(tmp_path: Path) -> None:
     md = (tmp_path / REPORT_MD).read_text()
     assert "quant gave NaN/inf logits on 7 images" in md and "fp gave" not in md
     assert "mean KL(FP ‖ quant): —" in md and json.loads((tmp_path / REPORT_JSON).read_text())["kl"] is None
+
+
+def test_load_refuses_a_run_with_nonfinite_state(tmp_path: Path) -> None:
+    model = dfq.quantize_(dfq.load_model("test_vit", pretrained=False), dfq.presets["w8a8"])
+    dfq.calibrate(model, lambda m: m(torch.randn(2, 3, 160, 160)))
+    recipe = {"model": {"source": "timm", "name": "test_vit"}, "quant": dfq.presets["w8a8"].to_dict()}
+    save_quant_state(tmp_path, recipe, model)
+    assert load(tmp_path) is not None
+    blob = torch.load(tmp_path / QUANT_STATE, weights_only=True)
+    key = next(k for k in blob["state_dict"] if k.endswith("input_quantizer.hi"))
+    blob["state_dict"][key] = torch.tensor(float("inf"))
+    torch.save(blob, tmp_path / QUANT_STATE)
+    with pytest.raises(DfqError, match=key.replace(".", r"\.")):
+        load(tmp_path)
