@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an offline hub lookup otherwise 
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +42,18 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six small labelled images of three ImageNet classes (``<wnid>/<image>``)."""
+    root = tmp_path_factory.mktemp("val")
+    gen = torch.Generator().manual_seed(0)
+    from tests._cli import WNIDS
+
+    for i, wnid in enumerate(WNIDS):
+        (root / wnid).mkdir()
+        for j in range(2):
+            arr = (torch.rand(40 + 8 * i, 48, 3, generator=gen) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(root / wnid / f"img{j}.JPEG")
+    return root
