@@ -86,7 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards of each model first (default: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the result here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.iters < 1 or args.batch_size < 1:
+        p.error("--rounds, --iters and --batch-size must be at least 1")
+    return args
 
 
 def input_shape(model: nn.Module) -> tuple[int, int, int]:

@@ -19,10 +19,9 @@ from typing import Any
 import click
 
 from dfq.calibrators import calibrator_names
-from dfq.config import VIT_SITES, BiasCorrection, presets
+from dfq.config import TARGETS, VIT_SITES, BiasCorrection, presets
 from dfq.errors import DfqError
 from dfq.inversion.registry import inverter_names
-from dfq.jobs.calibrate import TARGETS
 from dfq.jobs.evaluate import BACKENDS
 from dfq.jobs.export import EXPORT_FORMATS
 

@@ -17,7 +17,7 @@ Activation sites (see ``docs/quantization.md`` for the full table)::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -309,6 +309,10 @@ def for_onnxruntime(config: QuantConfig) -> QuantConfig:
     (False, False, 'w8a8-ort')
     """
     return dataclasses.replace(config, quantize_head=False, quantize_patch_embed=False, name=f"{config.name}-ort")
+
+
+TARGETS: dict[str, Callable[[QuantConfig], QuantConfig]] = {"trt": lambda c: c, "ort": for_onnxruntime}
+"""Q/DQ placements: TensorRT's (the presets' own) and ONNX Runtime CPU's (:func:`for_onnxruntime`)."""
 
 
 def preset(scheme: str, numerics: str = "trt") -> QuantConfig:

@@ -271,3 +271,10 @@ def test_choices_come_from_the_registries():
     assert choices("eval", "backend") == set(BACKENDS)
     assert choices("calibrate", "bias_correction") == {m.value for m in BiasCorrection}
     assert choices("export", "fmt") == choices("calibrate", "export_fmt") == set(EXPORT_FORMATS)
+
+
+def test_bench_bad_options_are_one_line():
+    """Review: benchmark_inversion raised ValueError, which the CLI no longer treats as bad input."""
+    for extra in (["--batch-size", "0"], ["--iterations", "10"]):
+        code, _, err = run_cli(["bench", "inversion", "--model", "test_vit", "--no-pretrained", "--device", "cpu", *extra])
+        assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err

@@ -300,7 +300,7 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                 best = tuple(t.to(device) for t in live["best"])
                 best_loss, it0, live = live["best_loss"].to(device), start_it, None
             watch = NonFiniteWatch(device)
-            it = it0  # next iteration to run: the position a checkpoint records
+            next_it = it0  # the next iteration to run: the position a checkpoint records
             updating = False
             try:
                 for it in range(it0, spec.iterations):
@@ -324,7 +324,7 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                         opt.step()
                     task.after_step()
                     state = trial
-                    updating = False
+                    updating, next_it = False, it + 1  # iteration `it` is committed
                     bar.update(1)
                     last = it == spec.iterations - 1
                     if (it + 1) % spec.log_every == 0 or last:
@@ -340,7 +340,7 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                             stacklevel=2,
                         )
                     elif best:  # (before the first step there is nothing new to save)
-                        save(b, it, _live(state, best, best_loss))
+                        save(b, next_it, _live(state, best, best_loss))
                 raise
             done.images.append(task.finish_batch(state, best).detach().float().cpu())
             done.states.append(to_cpu(state))

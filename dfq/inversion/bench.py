@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dfq.errors import DfqError
 from dfq.flops import FlopCount
 from dfq.inversion import priors
 from dfq.inversion._loop import frozen_eval, pixel_bounds
@@ -92,14 +93,14 @@ def benchmark_inversion(
         without ``check_load``).
 
     Raises:
-        ValueError: bad arguments (a schedule outside ``[1, iterations)``).
+        DfqError: bad arguments (a schedule outside ``[1, iterations)``).
     """
     check_model(model)
     if batch_size < 1 or steps_per_stage < 1 or warmup < 0:
-        raise ValueError("batch_size and steps_per_stage must be >= 1, warmup >= 0")
+        raise DfqError("--batch-size and --steps-per-stage must be >= 1, --warmup >= 0")
     its = [it for it, _ in schedule]
     if any(not 1 <= it < iterations for it in its) or its != sorted(set(its)):
-        raise ValueError(f"schedule iterations must be strictly increasing in [1, {iterations}), got {its}")
+        raise DfqError(f"schedule iterations must be strictly increasing in [1, {iterations}) (--iterations), got {its}")
     device = torch.device(device)
     from dfq.models import data_config
 

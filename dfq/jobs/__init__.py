@@ -12,20 +12,29 @@ export) never import a job or the run directory code. The CLI (:mod:`dfq.cli`) p
 a request and makes one call.
 """
 
-from dfq.jobs.calibrate import CalibrateRequest, quant_config_from_options, run_calibrate
-from dfq.jobs.evaluate import evaluate_folder
-from dfq.jobs.export import export_run
-from dfq.jobs.invert import InvertRequest, run_invert
-from dfq.jobs.sources import CalibrationSource, SourceKind
+from __future__ import annotations
 
-__all__ = [
-    "CalibrateRequest",
-    "CalibrationSource",
-    "InvertRequest",
-    "SourceKind",
-    "evaluate_folder",
-    "export_run",
-    "quant_config_from_options",
-    "run_calibrate",
-    "run_invert",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CalibrateRequest": "dfq.jobs.calibrate",
+    "quant_config_from_options": "dfq.jobs.calibrate",
+    "run_calibrate": "dfq.jobs.calibrate",
+    "evaluate_folder": "dfq.jobs.evaluate",
+    "export_run": "dfq.jobs.export",
+    "InvertRequest": "dfq.jobs.invert",
+    "run_invert": "dfq.jobs.invert",
+    "CalibrationSource": "dfq.jobs.sources",
+    "SourceKind": "dfq.jobs.sources",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a job module on first use, so ``dfq.jobs.export`` (the CLI's choices) stays cheap."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dfq.jobs' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

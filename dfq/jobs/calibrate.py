@@ -13,26 +13,25 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 from tqdm.auto import tqdm
 
 from dfq.calibrators import calibrator_names
-from dfq.config import BiasCorrection, QuantConfig, for_onnxruntime, preset
+from dfq.config import TARGETS, BiasCorrection, QuantConfig, preset
 from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.errors import DfqError
 from dfq.jobs.evaluate import evaluate_pair
 from dfq.jobs.model import load_job_model
-from dfq.jobs.sources import CalibrationSource, resolve_source
+from dfq.jobs.sources import CalibrationSource, plan_source, resolve_source
 from dfq.preview import model_patch_size, save_preview
 from dfq.quant.variants import calibrated_copy
 
 __all__ = ["CalibrateRequest", "run_calibrate", "quant_config_from_options", "calibration_forward_loop", "TARGETS"]
 
-TARGETS: dict[str, Callable[[QuantConfig], QuantConfig]] = {"trt": lambda c: c, "ort": for_onnxruntime}
-"""Q/DQ placements: TensorRT's (default) and ONNX Runtime CPU's (patch-embed conv and classifier float)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,8 @@ class CalibrateRequest:
             raise DfqError("--num-images must be at least 1")
         if self.batch_size < 1:
             raise DfqError("--batch-size must be at least 1")
-        if self.eval_folder is not None and not __import__("pathlib").Path(self.eval_folder).is_dir():
-            raise DfqError(f"eval-folder {self.eval_folder} is not a directory")
+        if self.eval_folder is not None and not Path(self.eval_folder).is_dir():
+            raise DfqError(f"--eval-folder {self.eval_folder} is not a directory")
 
 
 def quant_config_from_options(
@@ -186,6 +185,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
 
     device = check_device(request.device)
     timings: dict[str, float] = {}
+    plan = plan_source(request.source, num_images=request.num_images, seed=request.seed)
     with run_directory(request.out, overwrite=request.overwrite) as run:
         with _timer(timings, "load_model"):
             job_model = load_job_model(
@@ -193,10 +193,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
             )
         cfg = job_model.data_cfg
         with _timer(timings, "calibration_data"):
-            resolved = resolve_source(
-                request.source, job_model, num_images=request.num_images, seed=request.seed, device=device,
-                progress=request.progress,
-            )  # fmt: skip
+            resolved = resolve_source(plan, job_model, device=device, progress=request.progress)
         calib = resolved.calib
         with _timer(timings, "quantize_and_calibrate"):
             loop = calibration_forward_loop(calib, request.batch_size, device, request.progress,

@@ -15,11 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfq.data import labelled_imagenet_folder, make_loader
 from dfq.devices import check_device
 from dfq.errors import DfqError
 from dfq.evaluation import Predictor, TorchPredictor, evaluate
-from dfq.models import data_config, eval_transform, load_model
 
 __all__ = ["BACKENDS", "evaluate_folder", "evaluate_pair", "pair_report"]
 
@@ -84,6 +82,9 @@ def pair_report(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _loader(folder: str, cfg: dict[str, Any], batch_size: int, limit: int | None):  # noqa: ANN202
+    from dfq.data import labelled_imagenet_folder, make_loader
+    from dfq.models import eval_transform
+
     if not Path(folder).is_dir():
         raise DfqError(f"evaluation folder {folder} is not a directory")
     dataset = labelled_imagenet_folder(folder, eval_transform(cfg))
@@ -131,6 +132,7 @@ def evaluate_folder(
     Raises:
         DfqError: both or neither of run/model, a missing folder or export, an unknown backend.
     """
+    from dfq.models import data_config, load_model
     from dfq.runs import load, read_recipe
 
     if (run is None) == (model is None):
@@ -139,6 +141,8 @@ def evaluate_folder(
         raise DfqError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend != "torch" and run is None:
         raise DfqError(f"--backend {backend} evaluates a run directory's export; give RUN")
+    if not Path(data).is_dir():  # before loading a model or a run
+        raise DfqError(f"--data {data} is not a directory")
     dev = torch.device(check_device(device))
     if run is None:
         net = load_model(str(model), checkpoint=checkpoint, pretrained=pretrained).to(dev)

@@ -1,7 +1,7 @@
 """``dfq invert`` as one call: a model -> a calibration set on disk, with its manifest and preview.
 
 The output directory holds the set (lossless float tensors, labels, kept-token index),
-``calibration.json`` whose provenance is the manifest (:func:`dfq.jobs.sources.run_inverter`) and
+``calibration.json`` whose provenance is the manifest (:func:`dfq.jobs.sources.resolve_source`) and
 ``preview.png``. It appears only when complete. Methods that checkpoint write ``OUT.ckpt`` beside
 the output (``--set checkpoint_path=...`` elsewhere); ``resume`` continues it, and it is removed
 once the set is written.
@@ -17,7 +17,7 @@ from torch import nn
 from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.jobs.model import load_job_model
-from dfq.jobs.sources import run_inverter
+from dfq.jobs.sources import CalibrationSource, plan_source, resolve_source
 
 __all__ = ["InvertRequest", "run_invert"]
 
@@ -72,18 +72,16 @@ def run_invert(request: InvertRequest, model: nn.Module | None = None) -> Calibr
 
     device = check_device(request.device)
     check_output(request.out, request.overwrite)  # before hours of inversion, not after
+    source = CalibrationSource.inversion(request.method, *request.settings, **request.options)
+    plan = plan_source(source, num_images=request.num_images, seed=request.seed, resume=request.resume,
+                       checkpoint_path=f"{request.out.rstrip('/')}.ckpt")  # fmt: skip
     job_model = load_job_model(
         request.model, request.checkpoint, request.pretrained, device, model, request.data_overrides
     )
-    calib, ckpt = run_inverter(
-        request.method, job_model, settings=request.settings, options=request.options,
-        num_images=request.num_images, seed=request.seed, device=device, progress=request.progress,
-        checkpoint_path=f"{request.out.rstrip('/')}.ckpt", resume=request.resume,
-    )  # fmt: skip
+    calib, ckpt = resolved = resolve_source(plan, job_model, device=device, progress=request.progress)
     cfg = job_model.data_cfg
     with run_directory(request.out, overwrite=request.overwrite) as tmp:
         calib.save(tmp)
         save_preview(calib, tmp / "preview.png", cfg["mean"], cfg["std"], patch=model_patch_size(job_model.module))
-    if ckpt is not None:
-        ckpt.unlink(missing_ok=True)  # the set is on disk: this run's checkpoint has served
+    resolved.done()  # the set is on disk: this run's checkpoint has served
     return calib

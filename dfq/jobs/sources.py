@@ -28,7 +28,7 @@ from dfq.inversion.registry import check_family, get_inverter
 from dfq.jobs.model import JobModel, check_set_matches
 from dfq.models import model_family
 
-__all__ = ["SourceKind", "CalibrationSource", "Resolved", "resolve_source", "run_inverter"]
+__all__ = ["SourceKind", "CalibrationSource", "SourcePlan", "Resolved", "plan_source", "resolve_source"]
 
 
 class SourceKind(str, Enum):
@@ -134,95 +134,97 @@ class Resolved(NamedTuple):
             self.checkpoint.unlink(missing_ok=True)
 
 
-def resolve_source(
+@dataclass(frozen=True)
+class SourcePlan:
+    """A source checked before any model is loaded: a saved set read from disk, or an inversion with
+    its config built (settings parsed, checkpoint rule applied). See :func:`plan_source`."""
+
+    source: CalibrationSource
+    saved: CalibrationSet | None = None
+    config: Any = None
+    checkpoint: Path | None = None
+
+
+def plan_source(
     source: CalibrationSource,
-    job_model: JobModel,
     *,
     num_images: int,
     seed: int,
-    device: str,
-    progress: bool = True,
     checkpoint_path: str | None = None,
     resume: bool = False,
-) -> Resolved:
-    """The calibration set of ``source`` for ``job_model`` (and the inversion's checkpoint file).
+) -> SourcePlan:
+    """Check a source before the model is loaded: bad settings, a checkpoint conflict or a corrupt set
+    fail at once, not after a model download.
 
     Args:
         source: what to draw or make.
-        job_model: the model, its data config and identity.
         num_images, seed: size and seed of the set (a saved set keeps its own).
-        device: where an inversion runs.
-        progress: progress bars.
         checkpoint_path: default checkpoint file of a checkpointing inversion (``--set
             checkpoint_path=...`` wins); None: no checkpoint unless set.
         resume: continue an existing checkpoint; without it an existing one is an error.
 
     Raises:
-        DfqError: a set made for another model, an unknown setting, a checkpoint conflict, ...
+        DfqError: an unknown or invalid setting, a checkpoint conflict, an unreadable set.
     """
     if source.kind is SourceKind.SET:
-        calib = CalibrationSet.load(source.path or "")
-        check_set_matches(calib, job_model.identity, str(source.path))
-        return Resolved(calib, None)
-    options = dict(source.options)
-    if source.kind is SourceKind.FOLDER:
-        options["path"] = source.path
-    return run_inverter(
-        str(source.method), job_model, settings=source.settings, options=options, num_images=num_images,
-        seed=seed, device=device, progress=progress, checkpoint_path=checkpoint_path, resume=resume,
-        record=source.describe(),
-    )  # fmt: skip
-
-
-def run_inverter(
-    method: str,
-    job_model: JobModel,
-    *,
-    settings: tuple[str, ...] = (),
-    options: Mapping[str, Any] | None = None,
-    num_images: int,
-    seed: int,
-    device: str,
-    progress: bool = True,
-    checkpoint_path: str | None = None,
-    resume: bool = False,
-    record: Mapping[str, Any] | None = None,
-) -> Resolved:
-    """Run a registered method on the model and return its set with the full provenance record.
-
-    The provenance holds the inverter's own facts plus ``source``, ``method``, ``config`` (every field),
-    ``seed``, ``model`` (the identity), ``versions``, ``device`` and ``wall_seconds`` (this call);
-    ``seconds`` stays the inverter's, which counts every resumed run that led to the set. The
-    checkpoint file is returned, not removed: the caller removes it once the set is written.
-    """
-    from dfq.runs import versions
-
+        return SourcePlan(source, saved=CalibrationSet.load(source.path or ""))
     if num_images < 1:
         raise DfqError("--num-images must be at least 1")
+    method = str(source.method)
     entry = get_inverter(method)
-    check_family(entry, job_model.module, model_family(job_model.module))
-    values = parse_overrides(entry.config_cls, settings)
-    values.update(options or {})
+    values = parse_overrides(entry.config_cls, source.settings)
+    values.update(source.options)
+    if source.kind is SourceKind.FOLDER:
+        values["path"] = source.path
     ckpt = _checkpoint_file(entry.config_cls, values, checkpoint_path, resume, method)
     try:
         config = entry.make_config(num_images=num_images, seed=seed, **values)
     except (TypeError, ValueError) as e:
         raise DfqError(f"invalid {method} settings: {e}") from None
+    return SourcePlan(source, config=config, checkpoint=ckpt)
+
+
+def resolve_source(plan: SourcePlan, job_model: JobModel, *, device: str, progress: bool = True) -> Resolved:
+    """The calibration set of a planned source for ``job_model`` (and the inversion's checkpoint file).
+
+    A saved set is checked against the model. An inversion's provenance holds the inverter's own facts
+    plus ``source``, ``method``, ``config`` (the one the inverter resolved for the model family,
+    without the checkpoint and logging fields), ``seed``, ``model`` (the identity), ``versions``,
+    ``device`` and ``wall_seconds`` (this call); ``seconds`` stays the inverter's, which counts every
+    resumed run that led to the set. The checkpoint file is returned, not removed: the caller removes
+    it once the set is written (:meth:`Resolved.done`).
+
+    Raises:
+        DfqError: a set made for another model, a method for another model family, a non-finite loss.
+    """
+    from dfq.runs import versions
+
+    source = plan.source
+    if plan.saved is not None:
+        check_set_matches(plan.saved, job_model.identity, str(source.path))
+        return Resolved(plan.saved, None)
+    entry = get_inverter(str(source.method))
+    check_family(entry, job_model.module, model_family(job_model.module))
     t0 = time.perf_counter()
-    calib = entry.fn(job_model.module, config, data_cfg=job_model.data_cfg, device=device, progress=progress)
+    calib = entry.fn(job_model.module, plan.config, data_cfg=job_model.data_cfg, device=device, progress=progress)
+    resolved = dict(calib.provenance.get("config") or dataclasses.asdict(plan.config))
     provenance = {
         **calib.provenance,
-        **dict(record or {"source": SourceKind.INVERSION.value, "method": method}),
-        "method": method,
-        "config": _jsonable(dataclasses.asdict(config)),
-        "seed": seed,
+        **source.describe(),
+        "method": source.method,
+        "config": _jsonable({k: v for k, v in resolved.items() if k not in _VOLATILE}),
+        "seed": plan.config.seed,
         "model": job_model.identity,
         "versions": versions(),
         "device": device,
         "wall_seconds": round(time.perf_counter() - t0, 2),
     }
     provenance.setdefault("seconds", provenance["wall_seconds"])
-    return Resolved(dataclasses.replace(calib, provenance=provenance), ckpt)
+    return Resolved(dataclasses.replace(calib, provenance=provenance), plan.checkpoint)
+
+
+_VOLATILE = frozenset({"checkpoint_path", "checkpoint_every", "log_every"})
+"""Config fields that say how a run was carried out, not what it made: left out of the manifest."""
 
 
 def _checkpoint_file(

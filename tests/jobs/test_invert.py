@@ -33,3 +33,26 @@ def test_caller_data_config_reaches_the_inverter(tmp_path: Path) -> None:
     check_set_matches(calib, load_job_model(None, module=model, data_overrides=HALF).identity, "set")
     with pytest.raises(DfqError, match="made with mean"):
         check_set_matches(calib, load_job_model(None, module=model).identity, "set")
+
+
+def test_manifest_holds_the_resolved_config_and_settings_fail_before_the_model(tmp_path, monkeypatch) -> None:
+    """Review: the manifest recorded the unresolved config (None fields, a deleted checkpoint_path), and
+    bad settings were refused only after loading (possibly downloading) the model."""
+    import dfq.jobs.invert as invert_job
+    from dfq.errors import DfqError
+    from dfq.jobs import InvertRequest, run_invert
+
+    request = InvertRequest(out=str(tmp_path / "s"), method="deepinversion", model="test_vit", pretrained=False,
+                            num_images=1, settings=("iterations=2",), device="cpu", progress=False)  # fmt: skip
+    config = run_invert(request).provenance["config"]
+    assert config["betas"] is not None and config["iterations"] == 2  # resolved for the ViT family
+    assert not {"checkpoint_path", "checkpoint_every", "log_every"} & set(config)
+
+    def no_model(*_a, **_k):  # noqa: ANN002, ANN003
+        raise AssertionError("the model must not be loaded before the settings are checked")
+
+    monkeypatch.setattr(invert_job, "load_job_model", no_model)
+    bad = InvertRequest(out=str(tmp_path / "t"), method="deepinversion", model="test_vit", pretrained=False,
+                        settings=("no_such_field=1",), device="cpu", progress=False)  # fmt: skip
+    with pytest.raises(DfqError, match="no_such_field"):
+        run_invert(bad)
