@@ -10,9 +10,7 @@ initializes CUDA. The heavy pieces are imported on first attribute access.
 
 from __future__ import annotations
 
-import importlib
 import os as _os
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -41,13 +39,9 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dfq' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+from dfq._lazy import lazy_getattr  # noqa: E402  (after the __path__ extension)
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

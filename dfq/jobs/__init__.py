@@ -14,8 +14,7 @@ a request and makes one call.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dfq._lazy import lazy_getattr
 
 _LAZY = {
     "CalibrateRequest": "dfq.jobs.calibrate",
@@ -32,9 +31,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    """Import a job module on first use, so ``dfq.jobs.export`` (the CLI's choices) stays cheap."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dfq.jobs' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())  # so dfq.jobs.export (the CLI's choices) stays cheap
