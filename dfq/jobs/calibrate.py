@@ -219,10 +219,9 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         report: dict[str, Any] = {"model": recipe["model"], "quant_config": recipe["quant"], "calibration": recipe["calibration"]}
         if request.eval_folder is not None:
             with _timer(timings, "evaluate"):
-                report.update(
-                    evaluate_pair(qmodel, job_model.module, request.eval_folder, cfg, device=device,
-                                  batch_size=request.batch_size, limit=request.eval_images, progress=request.progress)
-                )  # fmt: skip
+                report.update(evaluate_pair(qmodel, job_model.module, request.eval_folder, cfg,
+                                            batch_size=request.batch_size, limit=request.eval_images,
+                                            progress=request.progress))  # fmt: skip
         report["timings"] = timings
         write_report(run, report)
     resolved.done()

@@ -99,15 +99,12 @@ def evaluate_pair(
     folder: str,
     cfg: dict[str, Any],
     *,
-    device: str = "cpu",
     batch_size: int = 64,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a quantized predictor against its FP reference on an image folder (:func:`pair_report`)."""
-    dev = torch.device(device)
-    quant = TorchPredictor(quant, dev) if isinstance(quant, nn.Module) else quant
-    fp = TorchPredictor(fp, dev) if isinstance(fp, nn.Module) else fp
+    """Evaluate a quantized predictor against its FP reference on an image folder (:func:`pair_report`);
+    modules run on their own device (:func:`dfq.evaluation.evaluate`)."""
     return pair_report(evaluate(quant, _loader(folder, cfg, batch_size, limit), reference=fp, progress=progress))
 
 
@@ -152,6 +149,6 @@ def evaluate_folder(
     cfg = dict(read_recipe(run)["data_config"])
     net = load(run, device=dev)
     quant = BACKENDS[backend](Path(run), net, dev)
-    report = evaluate_pair(quant, _FloatView(net, dev), data, cfg, device=str(dev), batch_size=batch_size,
+    report = evaluate_pair(quant, _FloatView(net, dev), data, cfg, batch_size=batch_size,
                            limit=limit, progress=progress)  # fmt: skip
     return {"run": str(run), "backend": backend, **report}

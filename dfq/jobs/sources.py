@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from dfq.checkpointing import VOLATILE_FIELDS
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
 from dfq.inversion.overrides import parse_overrides
@@ -212,7 +213,7 @@ def resolve_source(plan: SourcePlan, job_model: JobModel, *, device: str, progre
         **calib.provenance,
         **source.describe(),
         "method": source.method,
-        "config": _jsonable({k: v for k, v in resolved.items() if k not in _VOLATILE}),
+        "config": _jsonable({k: v for k, v in resolved.items() if k not in VOLATILE_FIELDS}),
         "seed": plan.config.seed,
         "model": job_model.identity,
         "versions": versions(),
@@ -221,10 +222,6 @@ def resolve_source(plan: SourcePlan, job_model: JobModel, *, device: str, progre
     }
     provenance.setdefault("seconds", provenance["wall_seconds"])
     return Resolved(dataclasses.replace(calib, provenance=provenance), plan.checkpoint)
-
-
-_VOLATILE = frozenset({"checkpoint_path", "checkpoint_every", "log_every"})
-"""Config fields that say how a run was carried out, not what it made: left out of the manifest."""
 
 
 def _checkpoint_file(
