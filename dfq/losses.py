@@ -5,6 +5,8 @@
 * :func:`kl_div`: ``KL(softmax(t/T) ‖ softmax(s/T))`` of a teacher ``t`` and a student ``s`` at
   temperature ``T`` (CMI's decision-adversarial term; times ``T²`` it is Hinton's KD loss, the form
   SMI's knowledge transfer uses with ``T = 20``);
+* :func:`kd_loss`: Hinton's knowledge-distillation loss ``T² · KL(softmax(t/T) ‖ softmax(s/T))``
+  (T = 20 in SMI's and CMI's KD, T = 1 in the DataFree defaults);
 * :func:`js_div`: the Jensen-Shannon divergence ``½·KL(p ‖ m) + ½·KL(q ‖ m)``, ``m = ½(p + q)``, of two
   softmax distributions at temperature ``T`` (the adversarial prior of the SMI reference, off by default).
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_entropy", "kl_div", "js_div"]
+__all__ = ["cross_entropy", "kl_div", "kd_loss", "js_div"]
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -54,6 +56,24 @@ def kl_div(
     if reduction == "batchmean":
         return per_sample.mean()
     raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, batch mean, computed in float32.
+
+    The ``T²`` keeps the gradient's magnitude independent of ``T`` (Hinton et al., 2015). The teacher
+    side carries no gradient.
+
+    >>> import torch
+    >>> s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 100.0]])
+    >>> round(float(kd_loss(s, t, temperature=1.0)), 4)  # log 2
+    0.6931
+    >>> round(float(kd_loss(s, t, temperature=2.0)), 4)  # T² · log 2: the teacher is still one-hot at T = 2
+    2.7726
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return kl_div(student_logits.float(), teacher_logits.detach().float(), temperature) * temperature**2
 
 
 def js_div(logits_a: Tensor, logits_b: Tensor, temperature: float = 1.0) -> Tensor:

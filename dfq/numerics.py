@@ -25,6 +25,7 @@ __all__ = [
     "asymmetric_qparams",
     "qparams_from_range",
     "fake_quantize",
+    "fake_quantize_learned",
     "quantize_to_int",
 ]
 
@@ -187,3 +188,38 @@ def fake_quantize(
         return y  # inference: skip the straight-through bookkeeping
     inside = (x >= (qmin - z) * s) & (x <= (qmax - z) * s)  # gradient 1 on the closed range, 0 outside
     return y + (x - x.detach()) * inside
+
+
+def fake_quantize_learned(
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    grad_scale: float = 1.0,
+) -> Tensor:
+    """:func:`fake_quantize` whose scale is learned: the LSQ estimator (Esser et al., ICLR 2020).
+
+    Same forward value. ``x`` gets the clipped straight-through gradient; ``scale`` gets LSQ's
+    ``d y / d s = round(x/s) - x/s`` inside the range and ``qmin - zp`` / ``qmax - zp`` where ``x`` is
+    clipped, times ``grad_scale`` (LSQ uses ``1 / sqrt(numel per scale * qmax)`` so step sizes and
+    weights learn at comparable rates). The zero-point gets no gradient.
+
+    >>> x = torch.tensor([-1.0, 0.3, 2.0], requires_grad=True)
+    >>> s = torch.tensor(0.5, requires_grad=True)
+    >>> y = fake_quantize_learned(x, s, torch.tensor(0.0), -2, 1)
+    >>> y
+    tensor([-1.0000,  0.5000,  0.5000], grad_fn=<MulBackward0>)
+    >>> y.sum().backward(); x.grad, round(float(s.grad), 6)  # (-2 - (-2)) + (1 - 0.6) + 1
+    (tensor([1., 1., 0.]), 1.4)
+    """
+    s = _shape_for(scale, x, axis)
+    if grad_scale != 1.0:  # same value, gradient times grad_scale
+        s = s * grad_scale + (s - s * grad_scale).detach()
+    z = _shape_for(zero_point, x, axis).detach()
+    v = x / s + z
+    rounded = v + (torch.round(v) - v).detach()  # round with a straight-through gradient
+    # explicit branches: torch.clamp passes no gradient to a value sitting exactly on a bound
+    q = torch.where(v < qmin, float(qmin), torch.where(v > qmax, float(qmax), rounded))
+    return (q - z) * s

@@ -14,10 +14,15 @@ never reads a tensor back to the host (DESIGN.md §4: QAT and reconstruction cal
 times). Each quantizer has a :class:`Role`, fixed at construction: ``WEIGHT`` quantizers calibrate
 themselves from the weight they are given (:meth:`calibrate_from`); ``ACTIVATION`` quantizers are
 driven by :func:`dfq.quant.calibrate.calibrate`.
+
+For quantization-aware training the range can be made trainable (:meth:`FakeQuantizer.learn_range`):
+``lo``/``hi`` become parameters under the same names (a ``state_dict`` and :func:`dfq.load` see no
+difference) and the forward uses LSQ's scale gradient (:func:`dfq.numerics.fake_quantize_learned`).
 """
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any, Literal
 
@@ -74,6 +79,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("hi", torch.tensor(float("nan")))
         self._calibrator: Calibrator | None = None
         self._calibrated = False  # mirrors _finite_range(self.hi); forward reads this, not the buffer
+        self._learned = False  # lo/hi are trainable parameters (learn_range)
 
     # -- calibration ---------------------------------------------------------------------------
     @property
@@ -92,9 +98,44 @@ class FakeQuantizer(nn.Module):
     def load_range(self, lo: Tensor, hi: Tensor) -> None:
         """Set the range (replacing the buffers, whose shape may change from scalar to per-channel)."""
         device = self.lo.device
-        self.lo = lo.detach().float().to(device)
-        self.hi = hi.detach().float().to(device)
+        self._set_range(lo.detach().float().to(device), hi.detach().float().to(device))
         self._calibrated = _finite_range(self.hi)
+
+    def _set_range(self, lo: Tensor, hi: Tensor) -> None:
+        if self._learned:
+            self.lo, self.hi = nn.Parameter(lo.clone()), nn.Parameter(hi.clone())
+        else:
+            self.lo, self.hi = lo, hi
+
+    @property
+    def is_learned(self) -> bool:
+        """Whether ``lo``/``hi`` are trainable parameters (:meth:`learn_range`)."""
+        return self._learned
+
+    def learn_range(self, enabled: bool = True) -> None:
+        """Make the calibrated range trainable (QAT with learned step sizes) or fix it again.
+
+        Enabled, ``lo`` and ``hi`` become ``nn.Parameter`` under the same names, so optimizers find
+        them in ``parameters()`` and a ``state_dict`` keeps its keys; a symmetric range is first
+        written as ``(-amax, amax)`` (same quantizer, both ends then move together). Disabled, the
+        current values become buffers again.
+
+        Raises:
+            RuntimeError: the quantizer is not calibrated.
+        """
+        if not self._calibrated:
+            raise RuntimeError(f"quantizer {self.site or ''} is not calibrated: calibrate before learning its range")
+        lo, hi = self.lo.detach().clone(), self.hi.detach().clone()
+        if enabled and self.spec.symmetric:
+            amax = torch.maximum(lo.abs(), hi.abs())
+            lo, hi = -amax, amax
+        del self.lo, self.hi
+        self._learned = enabled
+        if enabled:
+            self._set_range(lo, hi)
+        else:
+            self.register_buffer("lo", lo)
+            self.register_buffer("hi", hi)
 
     def finish_calibration(self) -> None:
         """Turn the calibrator's statistics into the range buffers and free them."""
@@ -114,7 +155,8 @@ class FakeQuantizer(nn.Module):
         for name in ("lo", "hi"):
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+                empty = torch.empty_like(state_dict[key], device=getattr(self, name).device)
+                setattr(self, name, nn.Parameter(empty) if self._learned else empty)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._calibrated = _finite_range(self.hi)
 
@@ -126,6 +168,7 @@ class FakeQuantizer(nn.Module):
             self.role = Role.WEIGHT if self.site == "weight" else Role.ACTIVATION
         if "_calibrated" not in self.__dict__:
             self._calibrated = _finite_range(self.hi)
+        self.__dict__.setdefault("_learned", False)
 
     # -- forward -------------------------------------------------------------------------------
     def qparams(self) -> tuple[Tensor, Tensor, int, int]:
@@ -145,10 +188,16 @@ class FakeQuantizer(nn.Module):
                 f"quantizer {self.site or ''} is not calibrated: run dfq.calibrate(model, forward_loop) first"
             )
         scale, zero_point, qmin, qmax = self.qparams()
+        if self._learned and torch.is_grad_enabled():
+            per_scale = x.numel() // max(scale.numel(), 1)
+            grad_scale = 1.0 / math.sqrt(max(per_scale, 1) * max(qmax, 1))
+            return numerics.fake_quantize_learned(x, scale, zero_point, qmin, qmax, self.axis, grad_scale)
         return numerics.fake_quantize(x, scale, zero_point, qmin, qmax, self.axis)
 
     def extra_repr(self) -> str:
         s = self.spec
         kind = "sym" if s.symmetric else "asym"
         gran = f"axis={self.axis}" if self.axis is not None else "per-tensor"
-        return f"site={self.site!r}, role={self.role.value}, {s.num_bits}-bit {kind} {gran}, calibrator={s.calibrator}, mode={self.mode}"
+        return f"site={self.site!r}, role={self.role.value}, {s.num_bits}-bit {kind} {gran}, calibrator={s.calibrator}, mode={self.mode}" + (
+            ", learned range" if self._learned else ""
+        )
