@@ -215,11 +215,11 @@ def fake_quantize_learned(
     (tensor([1., 1., 0.]), 1.4)
     """
     s = _shape_for(scale, x, axis)
-    if grad_scale != 1.0:  # same value, gradient times grad_scale
-        s = s * grad_scale + (s - s * grad_scale).detach()
+    if grad_scale != 1.0:  # exactly the same value (s - s.detach() is 0), gradient times grad_scale
+        s = s.detach() + (s - s.detach()) * grad_scale
     z = _shape_for(zero_point, x, axis).detach()
     v = x / s + z
-    rounded = v + (torch.round(v) - v).detach()  # round with a straight-through gradient
+    rounded = torch.round(v).detach() + (v - v.detach())  # exactly round(v), gradient 1
     # explicit branches: torch.clamp passes no gradient to a value sitting exactly on a bound
     q = torch.where(v < qmin, float(qmin), torch.where(v > qmax, float(qmax), rounded))
     return (q - z) * s
