@@ -71,13 +71,13 @@ def versions() -> dict[str, str]:
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a run directory written by dfq (its ``recipe.json`` has a quant config and
-    the dfq version)."""
+    """Whether ``path`` is a run directory written by dfq (its ``recipe.json`` has a quant config or a
+    distillation record, and the dfq version)."""
     try:
         recipe = json.loads((Path(path) / RECIPE).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(recipe, dict) and "quant" in recipe and "dfq" in (recipe.get("versions") or {})
+    return isinstance(recipe, dict) and ("quant" in recipe or "distill" in recipe) and "dfq" in (recipe.get("versions") or {})
 
 
 def check_output(out: str | Path, overwrite: bool = False) -> None:

@@ -70,6 +70,19 @@ class _FloatView:
             return self.inner(images)
 
 
+def _reference(recipe: dict[str, Any], net: nn.Module, device: torch.device) -> Predictor:
+    """The FP reference of a run: its own weights with the quantizers off, except after data-free QAT
+    (the weights moved), where it is the float model the run was calibrated from (recipe ``model``)."""
+    from dfq.models import load_model
+
+    model = recipe.get("model") or {}
+    if "distill" not in recipe or model.get("source") != "timm" or not model.get("name"):
+        return _FloatView(net, device)
+    teacher = load_model(model["name"], checkpoint=model.get("checkpoint"), pretrained=bool(model.get("pretrained")),
+                         **model.get("kwargs", {}))  # fmt: skip
+    return TorchPredictor(teacher.to(device), device)
+
+
 def pair_report(metrics: dict[str, Any]) -> dict[str, Any]:
     """The report entries of :func:`dfq.evaluation.evaluate` run with an FP reference."""
     return {
@@ -146,9 +159,11 @@ def evaluate_folder(
         m = evaluate(TorchPredictor(net, dev), _loader(data, data_config(net), batch_size, limit), progress=progress)
         fp = {k: m[k] for k in ("top1", "top5", "num_nonfinite")}
         return {"model": model, "fp": fp, "num_eval_images": m["num_images"]}
-    cfg = dict(read_recipe(run)["data_config"])
+    recipe = read_recipe(run)
+    cfg = dict(recipe["data_config"])
     net = load(run, device=dev)
     quant = BACKENDS[backend](Path(run), net, dev)
-    report = evaluate_pair(quant, _FloatView(net, dev), data, cfg, batch_size=batch_size,
+    reference = _reference(recipe, net, dev)
+    report = evaluate_pair(quant, reference, data, cfg, batch_size=batch_size,
                            limit=limit, progress=progress)  # fmt: skip
     return {"run": str(run), "backend": backend, **report}
