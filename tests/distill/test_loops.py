@@ -77,8 +77,8 @@ def _noise_config():  # noqa: ANN202
 
 
 def test_cmi_alternating_keeps_its_bank_and_puts_the_student_in_the_loop() -> None:
-    from dfq.inversion.registry import get_inverter
     from dfq.distill.synth import CMIRounds
+    from dfq.inversion.registry import get_inverter
 
     teacher = load_model("test_resnet", pretrained=False).eval()
     cfg_t = data_config(teacher)
