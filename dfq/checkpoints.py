@@ -19,7 +19,7 @@ from torch import nn
 
 from dfq.errors import DfqError
 
-__all__ = ["checkpoint_sha256", "load_checkpoint_state", "load_state_into", "nonfinite_names", "check_finite", "weights_sha256"]
+__all__ = ["checkpoint_sha256", "load_checkpoint_state", "load_state_into", "nonfinite_names", "check_finite", "weights_sha256", "tensors_sha256"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
@@ -86,14 +86,26 @@ def check_finite(
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's state: every entry's name, dtype, shape and bytes, in state_dict order.
+    """SHA-256 of a model's state (:func:`tensors_sha256` of its ``state_dict``, in order).
 
     The identity of the weights themselves, whatever file (or none) they came from; used to refuse
     resuming an inversion with other weights. One pass over the weights (about a second for DeiT-Base
     on a CPU).
     """
+    return tensors_sha256(model.state_dict().items())
+
+
+def tensors_sha256(named: Iterable[tuple[str, Any]]) -> str:
+    """SHA-256 of named values: every entry's name, dtype, shape and bytes in the given order
+    (non-tensors by their ``repr``, e.g. a module's extra state or a missing tensor's None).
+
+    >>> tensors_sha256([("a", torch.zeros(2))]) == tensors_sha256([("a", torch.zeros(2))])
+    True
+    >>> tensors_sha256([("a", torch.zeros(2))]) == tensors_sha256([("a", torch.zeros(2, dtype=torch.int64))])
+    False
+    """
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in named:
         if not isinstance(tensor, torch.Tensor):  # a module's extra state
             digest.update(f"{name}|{tensor!r}|".encode())
             continue

@@ -34,6 +34,7 @@ __all__ = [
     "preset",
     "for_onnxruntime",
     "CONFIG_VERSION",
+    "check_keys",
 ]
 
 CONFIG_VERSION = 1
@@ -154,7 +155,7 @@ class QuantSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantSpec:
-        _check_keys(cls, d)
+        check_keys(cls, d)
         return cls(**d)
 
 
@@ -246,7 +247,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
-        _check_keys(cls, d)
+        check_keys(cls, d)
         d = dict(d)
         d["weight"] = QuantSpec.from_dict(d["weight"])
         d["act"] = QuantSpec.from_dict(d["act"])
@@ -254,7 +255,7 @@ class QuantConfig:
         return cls(**d)
 
 
-def _check_keys(cls: type, d: Mapping[str, Any]) -> None:
+def check_keys(cls: type, d: Mapping[str, Any]) -> None:
     """Allow-list: refuse keys that are not fields of ``cls``."""
     allowed = {f.name for f in dataclasses.fields(cls)}
     extra = set(d) - allowed

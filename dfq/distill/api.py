@@ -13,7 +13,6 @@ builds on these; a pipeline can call them directly::
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +135,7 @@ def distill(
     train_mode = config.student_train_mode if config.student_train_mode is not None else not qat
     from dfq.inversion._loop import frozen_eval
 
-    with ExitStack() as stack:
-        stack.enter_context(frozen_eval(teacher))
+    with frozen_eval(teacher):
         result = run_loop(
             Models(teacher, student, adapt, grid), config, pool, synthesizer=synthesizer, eval_data=eval_data,
             checkpoint=checkpoint, identity=identity, before_step=plan.before_step if plan else None,

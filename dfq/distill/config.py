@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dfq.config import check_keys
+
 __all__ = ["DistillConfig", "qat_defaults", "probe_defaults", "RANGE_MODES"]
 
 Optimizer = Literal["sgd", "adamw"]
@@ -171,10 +173,7 @@ class DistillConfig:
         Raises:
             ValueError: unknown keys or a bad value.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown distillation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_keys(cls, d)
         return cls(**d)
 
 

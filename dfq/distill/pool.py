@@ -8,12 +8,12 @@ by the run's seeded generator (SMI's recipe: one random batch from everything sy
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from dfq.checkpoints import tensors_sha256
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
 
@@ -29,16 +29,14 @@ class Batch(NamedTuple):
 
 
 def set_digest(calib: CalibrationSet) -> str:
-    """sha256 of a set's images, labels and kept-token ids (what a resumed run must train on again).
+    """sha256 of a set's images, labels and kept-token ids (what a resumed run must train on again;
+    :func:`dfq.checkpoints.tensors_sha256`).
 
     >>> a = CalibrationSet(torch.zeros(1, 3, 2, 2))
     >>> set_digest(a) == set_digest(CalibrationSet(torch.zeros(1, 3, 2, 2))), len(set_digest(a))
     (True, 64)
     """
-    h = hashlib.sha256()
-    for t in (calib.images, calib.labels, calib.keep_index):
-        h.update(b"-" if t is None else t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return tensors_sha256([("images", calib.images), ("labels", calib.labels), ("keep_index", calib.keep_index)])
 
 
 class Pool:

@@ -19,7 +19,7 @@ from dfq.devices import check_device
 from dfq.errors import DfqError
 from dfq.evaluation import Predictor, TorchPredictor, evaluate
 
-__all__ = ["BACKENDS", "evaluate_folder", "evaluate_pair", "pair_report"]
+__all__ = ["BACKENDS", "evaluate_folder", "evaluate_pair", "folder_loader", "pair_report"]
 
 
 def _torch_backend(run: Path, net: nn.Module, device: torch.device) -> Predictor:
@@ -94,7 +94,9 @@ def pair_report(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _loader(folder: str, cfg: dict[str, Any], batch_size: int, limit: int | None):  # noqa: ANN202
+def folder_loader(folder: str, cfg: dict[str, Any], batch_size: int, limit: int | None):  # noqa: ANN202
+    """Unshuffled ``(images, labels)`` batches of an ImageNet-style folder preprocessed with ``cfg``
+    (labels from the WordNet-id folder names), the first ``limit`` images in sorted order."""
     from dfq.data import labelled_imagenet_folder, make_loader
     from dfq.models import eval_transform
 
@@ -118,7 +120,7 @@ def evaluate_pair(
 ) -> dict[str, Any]:
     """Evaluate a quantized predictor against its FP reference on an image folder (:func:`pair_report`);
     modules run on their own device (:func:`dfq.evaluation.evaluate`)."""
-    return pair_report(evaluate(quant, _loader(folder, cfg, batch_size, limit), reference=fp, progress=progress))
+    return pair_report(evaluate(quant, folder_loader(folder, cfg, batch_size, limit), reference=fp, progress=progress))
 
 
 def evaluate_folder(
@@ -156,7 +158,7 @@ def evaluate_folder(
     dev = torch.device(check_device(device))
     if run is None:
         net = load_model(str(model), checkpoint=checkpoint, pretrained=pretrained).to(dev)
-        m = evaluate(TorchPredictor(net, dev), _loader(data, data_config(net), batch_size, limit), progress=progress)
+        m = evaluate(TorchPredictor(net, dev), folder_loader(data, data_config(net), batch_size, limit), progress=progress)
         fp = {k: m[k] for k in ("top1", "top5", "num_nonfinite")}
         return {"model": model, "fp": fp, "num_eval_images": m["num_images"]}
     recipe = read_recipe(run)
