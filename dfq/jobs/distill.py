@@ -105,14 +105,10 @@ class DistillRequest:
 
 
 def _stack(folder: str, cfg: dict[str, Any], limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from dfq.data import labelled_imagenet_folder, make_loader
-    from dfq.models import eval_transform
+    from dfq.jobs.evaluate import folder_loader
 
-    dataset = labelled_imagenet_folder(folder, eval_transform(cfg))
-    if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     xs, ys = [], []
-    for x, y in make_loader(dataset, batch_size=64):
+    for x, y in folder_loader(folder, cfg, 64, limit):
         xs.append(x)
         ys.append(torch.as_tensor(y))
     return torch.cat(xs), torch.cat(ys).long()
@@ -139,10 +135,22 @@ def _recipe_teacher(recipe: dict[str, Any], request: DistillRequest) -> tuple[st
     return request.teacher, request.teacher_checkpoint
 
 
-def _check_teacher(recipe: dict[str, Any], teacher: JobModel, run: str) -> None:
+def _check_teacher(recipe: dict[str, Any], teacher: JobModel, student: torch.nn.Module, run: str) -> None:
+    """Refuse a teacher that is not the float model the run was calibrated from: another checkpoint
+    file, or (no file on either side: another name, hub weights vs random ones) other outputs than the
+    run's own float weights (quantizers off) on two seeded images."""
+    from dfq.quant.calibrate import quantizers_off
+
     made = recipe.get("model") or {}
     theirs, mine = made.get("checkpoint_sha256"), teacher.identity.get("checkpoint_sha256")
-    if theirs != mine:
+    same = theirs == mine
+    if same:
+        x = torch.randn(2, *teacher.data_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+        x = x.to(next(iter(teacher.module.parameters())).device)
+        with torch.no_grad(), quantizers_off(student):
+            a, b = teacher.module(x), student.eval()(x)
+        same = a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-4))
+    if not same:
         raise DfqError(f"the teacher's weights are not those {run} was calibrated from ({made.get('checkpoint')}); "
                        "QAT distills the quantized model from its own float model")  # fmt: skip
 
@@ -174,8 +182,8 @@ def run_distill(request: DistillRequest) -> dict[str, Any]:
     if recipe is not None:
         from dfq.runs import load
 
-        _check_teacher(recipe, teacher, str(request.qat))
         student = load(request.qat, device=device)
+        _check_teacher(recipe, teacher, student, str(request.qat))
         student_cfg = dict(recipe.get("data_config") or teacher.data_cfg)
         student_identity = recipe["model"]
     else:

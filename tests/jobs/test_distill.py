@@ -152,3 +152,20 @@ def test_qat_refuses_a_teacher_that_is_not_the_runs_model(qat_source: dict[str, 
                             str(qat_source["run"]), "--calib-set", str(qat_source["set"]), "--steps", "1",
                             "--out", str(tmp_path / "o"), "--no-pretrained", "--device", "cpu"])  # fmt: skip
     assert code == 2 and "not those" in err
+
+
+def test_qat_refuses_a_teacher_with_other_weights_and_no_file(qat_source: dict[str, Path]) -> None:
+    """Neither side has a checkpoint file: the run's own float weights decide (another seed is refused)."""
+    from dfq.errors import DfqError
+    from dfq.jobs.distill import _check_teacher
+    from dfq.jobs.model import load_job_model
+    from dfq.runs import load, read_recipe
+
+    recipe, student = read_recipe(qat_source["run"]), load(qat_source["run"])
+    same = load_job_model("test_vit", pretrained=False)
+    _check_teacher(recipe, same, student, "run")  # the run's own model passes
+    other = load_job_model("test_vit", pretrained=False)
+    with torch.no_grad():
+        other.module.head.weight.mul_(1.1)
+    with pytest.raises(DfqError, match="not those"):
+        _check_teacher(recipe, other, student, "run")
