@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 from dfq.checkpointing import StateFile, to_cpu, to_device
 from dfq.errors import DfqError
 from dfq.inversion._checkpoint import resume_point, write_checkpoint
+from dfq.signals import deferred_interrupts
 
 __all__ = [
     "frozen_eval",
@@ -301,7 +301,6 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                 best_loss, it0, live = live["best_loss"].to(device), start_it, None
             watch = NonFiniteWatch(device)
             next_it = it0  # the next iteration to run: the position a checkpoint records
-            updating = False
             try:
                 for it in range(it0, spec.iterations):
                     task.begin_iteration(it)
@@ -319,12 +318,11 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                         last_loss = loss.detach()
                         best_loss, best = keep_best(best_loss, last_loss, best or current, current)
                     watch.update(loss, it)
-                    updating = True
-                    for opt in optimizers:
-                        opt.step()
-                    task.after_step()
-                    state = trial
-                    updating, next_it = False, it + 1  # iteration `it` is committed
+                    with deferred_interrupts():  # an interrupt waits for the step to be committed
+                        for opt in optimizers:
+                            opt.step()
+                        task.after_step()
+                        state, next_it = trial, it + 1  # iteration `it` is committed
                     bar.update(1)
                     last = it == spec.iterations - 1
                     if (it + 1) % spec.log_every == 0 or last:
@@ -333,14 +331,8 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                     if spec.checkpoint is not None and (it + 1) % spec.checkpoint_every == 0 and not last:
                         save(b, it + 1, _live(state, best, best_loss))
             except KeyboardInterrupt:
-                if spec.checkpoint is not None:
-                    if updating:
-                        warnings.warn(
-                            "interrupted inside the optimizer step: the last periodic checkpoint is kept",
-                            stacklevel=2,
-                        )
-                    elif best:  # (before the first step there is nothing new to save)
-                        save(b, next_it, _live(state, best, best_loss))
+                if spec.checkpoint is not None and best:  # (before the first step there is nothing new to save)
+                    save(b, next_it, _live(state, best, best_loss))
                 raise
             done.images.append(task.finish_batch(state, best).detach().float().cpu())
             done.states.append(to_cpu(state))

@@ -1,0 +1,37 @@
+"""deferred_interrupts: a signal inside the block waits for the block's end, then reaches the old handler."""
+
+import os
+import signal
+
+import pytest
+
+from dfq.signals import deferred_interrupts
+
+
+def test_sigint_inside_the_block_is_delivered_after_it():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("body finished")
+    assert done == ["body finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the old handler is back
+
+
+def test_sigterm_reaches_the_installed_handler_once():
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+    try:
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []  # held while the block runs
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_no_signal_no_effect():
+    with deferred_interrupts():
+        x = 1
+    assert x == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
