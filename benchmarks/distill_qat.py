@@ -16,6 +16,7 @@ machine load at the start::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,6 +37,12 @@ from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
 
 
+def head_of(calib: CalibrationSet, n: int) -> CalibrationSet:
+    """The first ``n`` images of a set, labels and kept tokens included."""
+    cut = {k: getattr(calib, k)[:n] for k in ("images", "labels", "keep_index") if getattr(calib, k) is not None}
+    return dataclasses.replace(calib, **cut)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", type=Path, default=default_assets())
@@ -46,6 +53,7 @@ def main() -> int:
     ap.add_argument("--set", dest="settings", action="append", default=[], help="inversion KEY=VALUE")
     ap.add_argument("--set-dir", type=Path, default=None, help="the synthetic set (made here when missing)")
     ap.add_argument("--calib-images", type=int, default=32)
+    ap.add_argument("--train-images", type=int, default=None, help="train on the first N images only (default: all)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-5)
@@ -82,11 +90,12 @@ def main() -> int:
                         weight_ranges=args.weight_ranges, act_ranges=args.act_ranges, eval_every=args.eval_every,
                         **extra)  # fmt: skip
     t2 = time.perf_counter()
-    result = distill(model, qmodel, dcfg, calib=calib, eval_data=ev, qat=True, checkpoint=args.out / "qat.ckpt")
+    train = calib if args.train_images is None else head_of(calib, args.train_images)
+    result = distill(model, qmodel, dcfg, calib=train, eval_data=ev, qat=True, checkpoint=args.out / "qat.ckpt")
     final = evaluate_student(result.student, ev)
     report = {
         "model": args.model, "scheme": args.scheme, "machine_load_start": start,
-        "set": {"method": calib.provenance.get("method"), "images": len(calib), "seconds": set_seconds,
+        "set": {"method": calib.provenance.get("method"), "images": len(calib), "trained_on": len(train), "seconds": set_seconds,
                 "path": str(set_dir)},
         "config": dcfg.to_dict(), "fp": fp, "calibration_alone": calibrated, "qat": final,
         "best": {"step": result.best["step"], **result.best["metrics"]} if result.best else None,
