@@ -18,7 +18,6 @@ One source per call, so the inverted set and its Gaussian-noise control run the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from _assets import cifar, default_assets  # noqa: E402
+from _report import best_of, write_report  # noqa: E402
 
 from dfq.data import CalibrationSet  # noqa: E402
 from dfq.distill import EvalData, distill  # noqa: E402
@@ -83,13 +83,12 @@ def main() -> int:
                 "seconds": calib.provenance.get("seconds"), "path": str(set_dir)},
         "config": dcfg.to_dict(), "teacher_metrics": evaluate_student(teacher, ev),
         "final": evaluate_student(result.student, ev),
-        "best": {"step": result.best["step"], **result.best["metrics"]} if result.best else None,
+        "best": best_of(result),
         "kd_seconds_total": result.seconds, "resumed_from": result.resumed_from,
         "wall": {"set_or_load": round(t1 - t0, 1), "kd_this_process": round(time.perf_counter() - t1, 1)},
         "curve": result.curve,
     }  # fmt: skip
-    (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=2, default=str))
+    write_report(args.out, report)
     return 0
 
 

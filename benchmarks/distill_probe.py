@@ -14,7 +14,6 @@ the number of steps) go to ``OUT/report.json``::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -23,7 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 from _assets import default_assets, load  # noqa: E402
+from _report import best_of, write_report  # noqa: E402
 
 from dfq.data import CalibrationSet  # noqa: E402
 from dfq.distill import EvalData, distill, linear_probe, probe_defaults  # noqa: E402
@@ -31,12 +32,7 @@ from dfq.distill.config import DistillConfig  # noqa: E402
 from dfq.inversion.overrides import parse_overrides  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.models import load_model  # noqa: E402
-
-
-def head(calib: CalibrationSet, n: int) -> CalibrationSet:
-    """The first ``n`` images of a set, labels and kept tokens included."""
-    cut = {k: getattr(calib, k)[:n] for k in ("images", "labels", "keep_index") if getattr(calib, k) is not None}
-    return dataclasses.replace(calib, **cut)
+from dfq.sets import select_images  # noqa: E402
 
 
 def main() -> int:
@@ -65,16 +61,16 @@ def main() -> int:
                              pretrained=False).eval()
         linear_probe(student, 1000, seed=args.seed)
         t0 = time.perf_counter()
-        result = distill(teacher, student, dcfg, calib=head(calib, n), eval_data=ev,
+        result = distill(teacher, student, dcfg, calib=select_images(calib, torch.arange(min(n, len(calib)))), eval_data=ev,
                          checkpoint=args.out / f"probe-{n}.ckpt")  # fmt: skip
         runs.append({"num_images": min(n, len(calib)), "seconds_total": result.seconds,
                      "wall_this_process": round(time.perf_counter() - t0, 1),
-                     "best": {"step": result.best["step"], **result.best["metrics"]} if result.best else None,
+                     "best": best_of(result),
                      "curve": result.curve})  # fmt: skip
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}, default=str), flush=True)
     report = {"machine_load_start": start, "set": {"path": str(args.set_dir), "method": calib.provenance.get("method"),
               "images": len(calib), "seconds": calib.provenance.get("seconds")}, "config": dcfg.to_dict(), "runs": runs}  # fmt: skip
-    (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    write_report(args.out, report)
     return 0
 
 

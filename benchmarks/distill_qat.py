@@ -16,8 +16,6 @@ machine load at the start::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 import time
@@ -25,7 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 from _assets import default_assets, load  # noqa: E402
+from _report import best_of, write_report  # noqa: E402
 
 from dfq.data import CalibrationSet  # noqa: E402
 from dfq.distill import EvalData, distill, qat_defaults  # noqa: E402
@@ -35,12 +35,7 @@ from dfq.inversion.overrides import parse_overrides  # noqa: E402
 from dfq.jobs import InvertRequest, quant_config_from_options, run_invert  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
-
-
-def head_of(calib: CalibrationSet, n: int) -> CalibrationSet:
-    """The first ``n`` images of a set, labels and kept tokens included."""
-    cut = {k: getattr(calib, k)[:n] for k in ("images", "labels", "keep_index") if getattr(calib, k) is not None}
-    return dataclasses.replace(calib, **cut)
+from dfq.sets import select_images  # noqa: E402
 
 
 def main() -> int:
@@ -90,7 +85,7 @@ def main() -> int:
                         weight_ranges=args.weight_ranges, act_ranges=args.act_ranges, eval_every=args.eval_every,
                         **extra)  # fmt: skip
     t2 = time.perf_counter()
-    train = calib if args.train_images is None else head_of(calib, args.train_images)
+    train = calib if args.train_images is None else select_images(calib, torch.arange(min(args.train_images, len(calib))))
     result = distill(model, qmodel, dcfg, calib=train, eval_data=ev, qat=True, checkpoint=args.out / "qat.ckpt")
     final = evaluate_student(result.student, ev)
     report = {
@@ -98,14 +93,13 @@ def main() -> int:
         "set": {"method": calib.provenance.get("method"), "images": len(calib), "trained_on": len(train), "seconds": set_seconds,
                 "path": str(set_dir)},
         "config": dcfg.to_dict(), "fp": fp, "calibration_alone": calibrated, "qat": final,
-        "best": {"step": result.best["step"], **result.best["metrics"]} if result.best else None,
+        "best": best_of(result),
         "qat_seconds_total": result.seconds, "resumed_from": result.resumed_from,
         "wall": {"set_or_load": round(t1 - t0, 1), "calibrate_and_baseline": round(t2 - t1, 1),
                  "qat_this_process": round(time.perf_counter() - t2, 1)},
         "curve": result.curve,
     }  # fmt: skip
-    (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=2, default=str))
+    write_report(args.out, report)
     return 0
 
 
