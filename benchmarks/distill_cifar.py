@@ -28,13 +28,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from _assets import cifar, default_assets  # noqa: E402
 from _report import best_of, write_report  # noqa: E402
+from _sets import synthetic_set  # noqa: E402
 
-from dfq.data import CalibrationSet  # noqa: E402
 from dfq.distill import EvalData, distill  # noqa: E402
 from dfq.distill.config import DistillConfig  # noqa: E402
 from dfq.distill.loop import evaluate_student  # noqa: E402
 from dfq.inversion.overrides import parse_overrides  # noqa: E402
-from dfq.jobs import InvertRequest, run_invert  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.zoo.cifar_resnet import cifar_resnet  # noqa: E402
 
@@ -57,17 +56,10 @@ def main() -> int:
     args = ap.parse_args()
     start = snapshot()
     teacher, cfg, images, labels = cifar(args.assets, 56, 846)
-    overrides = {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
     set_dir = args.set_dir or args.out / "set"
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if (set_dir / "calibration.json").exists():
-        calib = CalibrationSet.load(set_dir)
-    else:
-        resume = Path(f"{set_dir}.ckpt").exists()
-        calib = run_invert(InvertRequest(out=str(set_dir), method=args.source, model="resnet56", num_images=args.num_images,
-                                         settings=tuple(args.settings), device="cpu", resume=resume, seed=args.seed,
-                                         data_overrides=overrides), model=teacher)  # fmt: skip
+    calib = synthetic_set(set_dir, teacher, "resnet56", cfg, args.source, args.num_images, args.settings, args.seed)
     t1 = time.perf_counter()
     torch.manual_seed(args.seed)
     student = cifar_resnet(20)

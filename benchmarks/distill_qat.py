@@ -26,13 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from _assets import default_assets, load  # noqa: E402
 from _report import best_of, write_report  # noqa: E402
+from _sets import synthetic_set  # noqa: E402
 
-from dfq.data import CalibrationSet  # noqa: E402
 from dfq.distill import EvalData, distill, qat_defaults  # noqa: E402
 from dfq.distill.config import DistillConfig  # noqa: E402
 from dfq.distill.loop import evaluate_student  # noqa: E402
 from dfq.inversion.overrides import parse_overrides  # noqa: E402
-from dfq.jobs import InvertRequest, quant_config_from_options, run_invert  # noqa: E402
+from dfq.jobs import quant_config_from_options  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
 from dfq.sets import select_images  # noqa: E402
@@ -61,17 +61,10 @@ def main() -> int:
     args = ap.parse_args()
     start = snapshot()
     model, cfg, images, labels = load(args.model, args.assets, 500)
-    overrides = {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
     set_dir = args.set_dir or args.out / "set"
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if (set_dir / "calibration.json").exists():
-        calib = CalibrationSet.load(set_dir)
-    else:
-        resume = Path(f"{set_dir}.ckpt").exists()
-        calib = run_invert(InvertRequest(out=str(set_dir), method=args.method, model=args.model, num_images=args.num_images,
-                                         settings=tuple(args.settings), device="cpu", resume=resume,
-                                         data_overrides=overrides), model=model)  # fmt: skip
+    calib = synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings)
     set_seconds = calib.provenance.get("seconds")
     config = quant_config_from_options(args.scheme)
     head = calib.images[: args.calib_images]
