@@ -39,7 +39,7 @@ from dfq.distill.synth import Synthesizer
 from dfq.errors import DfqError
 from dfq.evaluation import batched_logits, classification_metrics
 
-__all__ = ["DistillResult", "run_loop", "evaluate_student", "CHECKPOINT_VERSION", "better"]
+__all__ = ["DistillResult", "run_loop", "evaluate_student", "CURVE_METRICS", "CHECKPOINT_VERSION", "better"]
 
 CHECKPOINT_VERSION = 1
 _VOLATILE = ("checkpoint_every", "log_every")
@@ -69,11 +69,16 @@ class DistillResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate_student(student: nn.Module, data: EvalData) -> dict[str, Any]:
-    """Top-1, agreement and KL to the teacher of ``student`` on ``data`` (eval mode for the call)."""
+CURVE_METRICS = ("top1", "agreement", "kl", "num_nonfinite")
+"""What every evaluation of the curve records."""
+
+
+def evaluate_student(student: nn.Module, data: EvalData, keys: tuple[str, ...] = CURVE_METRICS) -> dict[str, Any]:
+    """The ``keys`` of :func:`dfq.evaluation.classification_metrics` (default: top-1, agreement and KL to
+    the teacher) of ``student`` on ``data``, in eval mode for the call."""
     logits = batched_logits(student, data.images, data.batch_size)
     m = classification_metrics(logits, data.labels, reference_logits=data.teacher_logits)
-    return {k: m[k] for k in ("top1", "agreement", "kl", "num_nonfinite")}
+    return {k: m[k] for k in keys}
 
 
 def better(metrics: dict[str, Any], best: dict[str, Any] | None, select: str) -> bool:

@@ -35,7 +35,6 @@ class QAT:
 
     model: nn.Module
     weight_ranges: str
-    act_ranges: str
     layers: list[QuantLayer]
 
     def before_step(self) -> None:
@@ -88,7 +87,7 @@ def prepare_qat(model: nn.Module, config: DistillConfig) -> QAT:
     if config.act_ranges == "learn":
         for q in activation_quantizers(model):
             _learn(q)
-    return QAT(model, config.weight_ranges, config.act_ranges, layers)
+    return QAT(model, config.weight_ranges, layers)
 
 
 def _learn(q: FakeQuantizer) -> None:

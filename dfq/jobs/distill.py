@@ -238,12 +238,14 @@ def run_distill(request: DistillRequest) -> dict[str, Any]:
 
 
 def _final_report(result: Any, eval_data: Any) -> dict[str, Any]:
-    from dfq.evaluation import batched_logits, classification_metrics
+    """The written model's figures. Scored here, not read from the curve's last record: QAT's finish
+    re-derives ranges after the last step (``rederive``) and turns learned ones into buffers."""
+    from dfq.distill.loop import evaluate_student
+    from dfq.evaluation import classification_metrics
 
     if eval_data is None:
         return {}
-    logits = batched_logits(result.student, eval_data.images, eval_data.batch_size)
-    m = classification_metrics(logits, eval_data.labels, reference_logits=eval_data.teacher_logits)
+    m = evaluate_student(result.student, eval_data, ("top1", "top5", "num_nonfinite", "agreement", "kl", "num_images"))
     ref = classification_metrics(eval_data.teacher_logits, eval_data.labels)
     pick = ("top1", "top5", "num_nonfinite")
     return {"fp": {k: ref[k] for k in pick}, "quant": {k: m[k] for k in pick}, "agreement": m["agreement"],
@@ -254,6 +256,7 @@ def _write(request: DistillRequest, recipe: dict[str, Any] | None, result: Any, 
            teacher: JobModel, student_identity: dict[str, Any], student_cfg: dict[str, Any],
            eval_data: Any) -> dict[str, Any]:  # fmt: skip
     from dfq import atomic
+    from dfq.checkpointing import to_cpu
     from dfq.distill.curve import write_curve
     from dfq.runs import RECIPE, run_directory, save_quant_state, versions, write_json, write_report
 
@@ -277,7 +280,7 @@ def _write(request: DistillRequest, recipe: dict[str, Any] | None, result: Any, 
                           "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in student_cfg.items()},
                           "distill": record, "versions": versions()}  # fmt: skip
             write_json(run / RECIPE, new_recipe)
-            state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
+            state = to_cpu(result.student.state_dict())
             atomic.atomic_write(run / "student.pt", lambda tmp: torch.save(state, tmp))
             report = {"model": {"name": student_identity.get("name")}, **figures, **summary}
             write_json(run / "report.json", report)
