@@ -1,4 +1,4 @@
-"""The report of a distillation benchmark: the best evaluation of a run, and ``OUT/report.json``."""
+"""The report of a distillation benchmark: its training set, each run's outcome, and ``OUT/report.json``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ from typing import Any
 def best_of(result: Any) -> dict[str, Any] | None:
     """``{"step", top1, agreement, kl, ...}`` of a :class:`dfq.distill.loop.DistillResult`'s best evaluation."""
     return {"step": result.best["step"], **result.best["metrics"]} if result.best else None
+
+
+def set_record(calib: Any, path: Path, **extra: Any) -> dict[str, Any]:
+    """The training set of a report: method, size, inversion seconds (resumes summed) and path."""
+    return {"method": calib.provenance.get("method"), "images": len(calib), "seconds": calib.provenance.get("seconds"),
+            "path": str(path), **extra}  # fmt: skip
+
+
+def run_record(result: Any) -> dict[str, Any]:
+    """A run's best evaluation, training seconds (resumes summed), resume point and curve."""
+    return {"best": best_of(result), "seconds_total": result.seconds, "resumed_from": result.resumed_from,
+            "curve": result.curve}  # fmt: skip
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

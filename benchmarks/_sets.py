@@ -1,14 +1,16 @@
-"""A benchmark's synthetic set: loaded when it exists, else made by ``dfq invert``'s job (resumable)."""
+"""A benchmark's synthetic set: loaded when it exists, else made by ``dfq invert``'s job (resumable); its first images."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from dfq.data import CalibrationSet
 from dfq.jobs import InvertRequest, run_invert
+from dfq.sets import select_images
 
 
 def synthetic_set(set_dir: Path, model: nn.Module, name: str, cfg: dict, method: str, num_images: int,
@@ -21,3 +23,8 @@ def synthetic_set(set_dir: Path, model: nn.Module, name: str, cfg: dict, method:
                             device="cpu", resume=Path(f"{set_dir}.ckpt").exists(), seed=seed,
                             data_overrides={"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})  # fmt: skip
     return run_invert(request, model=model)
+
+
+def first_images(calib: CalibrationSet, n: int) -> CalibrationSet:
+    """The first ``n`` images of a set (all when it holds fewer), with their labels and kept tokens."""
+    return select_images(calib, torch.arange(min(n, len(calib))))

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from _assets import cifar, default_assets  # noqa: E402
-from _report import best_of, write_report  # noqa: E402
+from _report import run_record, set_record, write_report  # noqa: E402
 from _sets import synthetic_set  # noqa: E402
 
 from dfq.distill import EvalData, distill  # noqa: E402
@@ -71,14 +71,10 @@ def main() -> int:
     result = distill(teacher, student, dcfg, calib=calib, eval_data=ev, checkpoint=args.out / "kd.ckpt")
     report = {
         "teacher": "resnet56", "student": "resnet20 (random init)", "machine_load_start": start,
-        "set": {"method": calib.provenance.get("method"), "images": len(calib),
-                "seconds": calib.provenance.get("seconds"), "path": str(set_dir)},
-        "config": dcfg.to_dict(), "teacher_metrics": evaluate_student(teacher, ev),
+        "set": set_record(calib, set_dir), "config": dcfg.to_dict(), "teacher_metrics": evaluate_student(teacher, ev),
         "final": evaluate_student(result.student, ev),
-        "best": best_of(result),
-        "kd_seconds_total": result.seconds, "resumed_from": result.resumed_from,
         "wall": {"set_or_load": round(t1 - t0, 1), "kd_this_process": round(time.perf_counter() - t1, 1)},
-        "curve": result.curve,
+        **run_record(result),
     }  # fmt: skip
     write_report(args.out, report)
     return 0

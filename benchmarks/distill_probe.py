@@ -22,9 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 from _assets import default_assets, load  # noqa: E402
-from _report import best_of, write_report  # noqa: E402
+from _report import run_record, set_record, write_report  # noqa: E402
+from _sets import first_images  # noqa: E402
 
 from dfq.data import CalibrationSet  # noqa: E402
 from dfq.distill import EvalData, distill, linear_probe, probe_defaults  # noqa: E402
@@ -32,7 +32,6 @@ from dfq.distill.config import DistillConfig  # noqa: E402
 from dfq.inversion.overrides import parse_overrides  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.models import load_model  # noqa: E402
-from dfq.sets import select_images  # noqa: E402
 
 
 def main() -> int:
@@ -61,15 +60,12 @@ def main() -> int:
                              pretrained=False).eval()
         linear_probe(student, 1000, seed=args.seed)
         t0 = time.perf_counter()
-        result = distill(teacher, student, dcfg, calib=select_images(calib, torch.arange(min(n, len(calib)))), eval_data=ev,
-                         checkpoint=args.out / f"probe-{n}.ckpt")  # fmt: skip
-        runs.append({"num_images": min(n, len(calib)), "seconds_total": result.seconds,
-                     "wall_this_process": round(time.perf_counter() - t0, 1),
-                     "best": best_of(result),
-                     "curve": result.curve})  # fmt: skip
+        train = first_images(calib, n)
+        result = distill(teacher, student, dcfg, calib=train, eval_data=ev, checkpoint=args.out / f"probe-{n}.ckpt")
+        runs.append({"num_images": len(train), "wall_this_process": round(time.perf_counter() - t0, 1),
+                     **run_record(result)})  # fmt: skip
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}, default=str), flush=True)
-    report = {"machine_load_start": start, "set": {"path": str(args.set_dir), "method": calib.provenance.get("method"),
-              "images": len(calib), "seconds": calib.provenance.get("seconds")}, "config": dcfg.to_dict(), "runs": runs}  # fmt: skip
+    report = {"machine_load_start": start, "set": set_record(calib, args.set_dir), "config": dcfg.to_dict(), "runs": runs}
     write_report(args.out, report)
     return 0
 

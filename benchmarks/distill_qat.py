@@ -23,10 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 from _assets import default_assets, load  # noqa: E402
-from _report import best_of, write_report  # noqa: E402
-from _sets import synthetic_set  # noqa: E402
+from _report import run_record, set_record, write_report  # noqa: E402
+from _sets import first_images, synthetic_set  # noqa: E402
 
 from dfq.distill import EvalData, distill, qat_defaults  # noqa: E402
 from dfq.distill.config import DistillConfig  # noqa: E402
@@ -35,7 +34,6 @@ from dfq.inversion.overrides import parse_overrides  # noqa: E402
 from dfq.jobs import quant_config_from_options  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
-from dfq.sets import select_images  # noqa: E402
 
 
 def main() -> int:
@@ -65,7 +63,6 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     calib = synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings)
-    set_seconds = calib.provenance.get("seconds")
     config = quant_config_from_options(args.scheme)
     head = calib.images[: args.calib_images]
     t1 = time.perf_counter()
@@ -78,19 +75,16 @@ def main() -> int:
                         weight_ranges=args.weight_ranges, act_ranges=args.act_ranges, eval_every=args.eval_every,
                         **extra)  # fmt: skip
     t2 = time.perf_counter()
-    train = calib if args.train_images is None else select_images(calib, torch.arange(min(args.train_images, len(calib))))
+    train = calib if args.train_images is None else first_images(calib, args.train_images)
     result = distill(model, qmodel, dcfg, calib=train, eval_data=ev, qat=True, checkpoint=args.out / "qat.ckpt")
     final = evaluate_student(result.student, ev)
     report = {
         "model": args.model, "scheme": args.scheme, "machine_load_start": start,
-        "set": {"method": calib.provenance.get("method"), "images": len(calib), "trained_on": len(train), "seconds": set_seconds,
-                "path": str(set_dir)},
+        "set": set_record(calib, set_dir, trained_on=len(train)),
         "config": dcfg.to_dict(), "fp": fp, "calibration_alone": calibrated, "qat": final,
-        "best": best_of(result),
-        "qat_seconds_total": result.seconds, "resumed_from": result.resumed_from,
         "wall": {"set_or_load": round(t1 - t0, 1), "calibrate_and_baseline": round(t2 - t1, 1),
                  "qat_this_process": round(time.perf_counter() - t2, 1)},
-        "curve": result.curve,
+        **run_record(result),
     }  # fmt: skip
     write_report(args.out, report)
     return 0
