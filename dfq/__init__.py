@@ -2,7 +2,7 @@
 
 Public API (everything else is an implementation detail)::
 
-    load_model, invert, quantize_, calibrate, calibration_mode, evaluate, load, presets
+    load_model, invert, quantize_, calibrate, calibration_mode, reconstruct, evaluate, load, presets
 
 ``import dfq`` stays lean: it never imports onnx, onnxruntime, tensorrt or pycuda and never
 initializes CUDA. The heavy pieces are imported on first attribute access.
@@ -26,6 +26,8 @@ _LAZY = {
     "quantize_": "dfq.quant.transform",
     "calibrate": "dfq.quant.calibrate",
     "calibration_mode": "dfq.quant.calibrate",
+    "reconstruct": "dfq.quant.reconstruct",
+    "ReconstructConfig": "dfq.quant.reconstruct",
     "evaluate": "dfq.evaluation",
     "load": "dfq.runs",
     "presets": "dfq.config",

@@ -137,6 +137,11 @@ def _numerics() -> list[str]:
                    "classifier in float: ORT cannot fuse input-only Q/DQ into Conv/Gemm).")
 @click.option("--bias-correction", type=click.Choice(_BIAS_CORRECTION), default="auto", show_default=True,
               help="Correct weight-rounding bias with calibration input means (auto: CNNs only).")
+@click.option("--reconstruct", "do_reconstruct", is_flag=True,
+              help="Learn each block's weight rounding on the calibration images (AdaRound per block, BRECQ).")
+@click.option("--reconstruct-iters", type=int, default=None, help="Reconstruction steps per block (default 1000).")
+@click.option("--reconstruct-option", "reconstruct_options", multiple=True, metavar="KEY=VALUE",
+              help="Any ReconstructConfig field (lr, reg_weight, batch_size, drop, act_ranges, ...), repeatable.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
@@ -148,7 +153,8 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
               numerics: str, calibrator: str, site_calibrators: tuple[str, ...], weight_calibrator: str | None,
               calib_folder: str | None, inversion: str | None, calib_set: str | None, settings: tuple[str, ...],
               dense_calibration: bool, num_images: int, eval_folder: str | None, eval_images: int | None,
-              sites: str | None, no_head: bool, target: str, bias_correction: str, batch_size: int, seed: int,
+              sites: str | None, no_head: bool, target: str, bias_correction: str, do_reconstruct: bool,
+              reconstruct_iters: int | None, reconstruct_options: tuple[str, ...], batch_size: int, seed: int,
               out: str, force: bool, export_fmt: str | None, as_json: bool) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
     from dfq.jobs.calibrate import CalibrateRequest, quant_config_from_options, run_calibrate
@@ -164,6 +170,7 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
         model=model_name, checkpoint=checkpoint, pretrained=not no_pretrained, dense_calibration=dense_calibration,
         num_images=num_images, seed=seed, eval_folder=eval_folder, eval_images=eval_images, batch_size=batch_size,
         device=device, overwrite=force, progress=not as_json,
+        reconstruct=_reconstruct_config(do_reconstruct, reconstruct_iters, reconstruct_options, seed),
     )
     report = run_calibrate(request)
     if export_fmt is not None:
@@ -171,6 +178,23 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
     _print(report, as_json)
     if not as_json:
         click.echo(f"run written to {out}" + (f"; exported {report['export']}" if export_fmt else ""))
+
+
+def _reconstruct_config(enabled: bool, iters: int | None, options: tuple[str, ...], seed: int) -> Any:
+    from dfq.inversion.overrides import parse_overrides
+    from dfq.quant.reconstruct import ReconstructConfig
+
+    if not enabled:
+        if iters is not None or options:
+            raise DfqError("--reconstruct-iters and --reconstruct-option need --reconstruct")
+        return None
+    values = {"seed": seed, **parse_overrides(ReconstructConfig, options)}
+    if iters is not None:
+        values["iters"] = iters
+    try:
+        return ReconstructConfig(**values)
+    except ValueError as e:
+        raise DfqError(f"--reconstruct: {e}") from None
 
 
 @cli.command(name="eval")

@@ -278,3 +278,33 @@ def test_bench_bad_options_are_one_line():
     for extra in (["--batch-size", "0"], ["--iterations", "10"]):
         code, _, err = run_cli(["bench", "inversion", "--model", "test_vit", "--no-pretrained", "--device", "cpu", *extra])
         assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+
+
+def test_calibrate_with_reconstruction_reloads_exports_and_agrees_in_onnxruntime(tmp_path, image_folder, capsys):
+    out = tmp_path / "run"
+    args = [*_calibrate_args(out, image_folder), "--scheme", "w4a8", "--reconstruct", "--reconstruct-iters", "5",
+            "--reconstruct-option", "batch_size=2", "--export", "onnx"]  # fmt: skip
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    units = report["reconstruct"]["units"]
+    assert [u["name"] for u in units] == ["patch_embed.proj", *(f"blocks.{i}" for i in range(6)), "head"]
+    assert report["reconstruct"]["config"]["iters"] == 5 and report["reconstruct"]["config"]["batch_size"] == 2
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["reconstruct"] == report["reconstruct"]["config"]
+    assert not (tmp_path / "run.reconstruct.ckpt").exists()  # removed once the run is complete
+    code, stdout, err = run_cli(["eval", str(out), "--data", str(image_folder), "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["agreement"] == report["agreement"]  # dfq.load rebuilds the reconstructed weights
+    code, stdout, err = run_cli(["eval", str(out), "--data", str(image_folder), "--backend", "onnxruntime", "--json"],
+                                capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["num_eval_images"] == 6
+
+
+def test_reconstruct_options_without_the_flag_or_with_bad_values_are_one_line_errors(tmp_path, image_folder, capsys):
+    for extra in (["--reconstruct-iters", "3"], ["--reconstruct", "--reconstruct-option", "drop=1.5"],
+                  ["--reconstruct", "--reconstruct-option", "nope=1"]):  # fmt: skip
+        code, _, err = run_cli([*_calibrate_args(tmp_path / "r", image_folder), *extra], capsys)
+        assert code != 0 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "r").exists()

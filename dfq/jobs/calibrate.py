@@ -28,9 +28,10 @@ from dfq.jobs.evaluate import evaluate_pair
 from dfq.jobs.model import load_job_model
 from dfq.jobs.sources import CalibrationSource, plan_source, resolve_source
 from dfq.preview import model_patch_size, save_preview
+from dfq.quant.reconstruct import ReconstructConfig, reconstruct
 from dfq.quant.variants import calibrated_copy
 
-__all__ = ["CalibrateRequest", "run_calibrate", "quant_config_from_options", "calibration_forward_loop", "TARGETS"]
+__all__ = ["CalibrateRequest", "run_calibrate", "reconstruct_checkpoint", "quant_config_from_options", "calibration_forward_loop", "TARGETS"]
 
 
 
@@ -53,6 +54,9 @@ class CalibrateRequest:
         data_overrides: preprocessing overrides (``mean``, ``std``, ``crop_pct``, ...).
         overwrite: replace an existing run directory (only one dfq wrote).
         progress: progress bars.
+        reconstruct: block reconstruction after calibration (:func:`dfq.quant.reconstruct.reconstruct`)
+            on the calibration images (all tokens), resumable from ``OUT.reconstruct.ckpt`` (removed
+            once the run directory is complete); None: calibration alone.
     """
 
     out: str
@@ -71,6 +75,7 @@ class CalibrateRequest:
     data_overrides: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     progress: bool = True
+    reconstruct: ReconstructConfig | None = None
 
     def __post_init__(self) -> None:
         if self.num_images < 1:
@@ -199,6 +204,11 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
             loop = calibration_forward_loop(calib, request.batch_size, device, request.progress,
                                             request.dense_calibration)  # fmt: skip
             qmodel = calibrated_copy(job_model.module, request.config, loop)
+        units = None
+        if request.reconstruct is not None:
+            with _timer(timings, "reconstruct"):
+                units = reconstruct(qmodel, calib.images.to(device), request.reconstruct,
+                                    checkpoint=reconstruct_checkpoint(request.out), progress=request.progress)  # fmt: skip
         recipe = {
             "model": job_model.identity,
             "quant": request.config.to_dict(),
@@ -208,6 +218,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
                 "num_images": len(calib),
                 "seed": request.seed,
             },
+            "reconstruct": None if request.reconstruct is None else dataclasses.asdict(request.reconstruct),
             "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
             "versions": versions(),
         }
@@ -217,6 +228,8 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         save_preview(calib, preview, cfg["mean"], cfg["std"], patch=model_patch_size(job_model.module))
         save_quant_state(run, recipe, qmodel)
         report: dict[str, Any] = {"model": recipe["model"], "quant_config": recipe["quant"], "calibration": recipe["calibration"]}
+        if units is not None:
+            report["reconstruct"] = {"config": recipe["reconstruct"], "units": [dataclasses.asdict(u) for u in units]}
         if request.eval_folder is not None:
             with _timer(timings, "evaluate"):
                 report.update(evaluate_pair(qmodel, job_model.module, request.eval_folder, cfg,
@@ -225,4 +238,12 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         report["timings"] = timings
         write_report(run, report)
     resolved.done()
+    if request.reconstruct is not None:
+        reconstruct_checkpoint(request.out).unlink(missing_ok=True)
     return report
+
+
+def reconstruct_checkpoint(out: str | Path) -> Path:
+    """Where the reconstruction of run ``out`` keeps its resumable state: ``OUT.reconstruct.ckpt`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".reconstruct.ckpt")

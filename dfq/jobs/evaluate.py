@@ -71,12 +71,14 @@ class _FloatView:
 
 
 def _reference(recipe: dict[str, Any], net: nn.Module, device: torch.device) -> Predictor:
-    """The FP reference of a run: its own weights with the quantizers off, except after data-free QAT
-    (the weights moved), where it is the float model the run was calibrated from (recipe ``model``)."""
+    """The FP reference of a run: its own weights with the quantizers off, except after data-free QAT or
+    block reconstruction (the weights moved), where it is the float model the run was calibrated from
+    (recipe ``model``)."""
     from dfq.models import load_model
 
     model = recipe.get("model") or {}
-    if "distill" not in recipe or model.get("source") != "timm" or not model.get("name"):
+    moved = "distill" in recipe or bool(recipe.get("reconstruct"))
+    if not moved or model.get("source") != "timm" or not model.get("name"):
         return _FloatView(net, device)
     teacher = load_model(model["name"], checkpoint=model.get("checkpoint"), pretrained=bool(model.get("pretrained")),
                          **model.get("kwargs", {}))  # fmt: skip
