@@ -5,7 +5,9 @@
 3. :func:`dfq.reconstruct` on the same images, resumable from ``OUT/reconstruct.ckpt``;
 
 then the float model, calibration alone and the reconstructed model scored on the 500 ImageNet sample
-images (top-1, agreement, KL to FP), with the wall times, the per-unit errors and the load at the start::
+images (top-1, agreement, KL to FP), with the wall times, the per-unit errors and the load at the start.
+``--real-calib N`` is the reference with real data: the last N sample images replace the synthetic set
+and the other 500 - N are scored::
 
     python benchmarks/reconstruct.py --model deit_tiny --set-dir runs/sets/smi500-dt-s1 --calib-images 64 \\
         --iters 300 --out runs/rec-dt
@@ -50,6 +52,9 @@ def main() -> int:
     ap.add_argument("--reg-weight", type=float, default=ReconstructConfig.reg_weight)
     ap.add_argument("--act-ranges", default="frozen", choices=["frozen", "learn"])
     ap.add_argument("--drop", type=float, default=0.0)
+    ap.add_argument("--real-calib", type=int, default=0,
+                    help="reference run: calibrate and reconstruct on the LAST N sample images instead of a "
+                         "synthetic set, and score on the others")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     start = snapshot()
@@ -57,8 +62,13 @@ def main() -> int:
     set_dir = args.set_dir or args.out / "set"
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    calib = synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings)
-    head = calib.images[: args.calib_images]
+    if args.real_calib:
+        head, images, labels = images[-args.real_calib :], images[: -args.real_calib], labels[: -args.real_calib]
+        set_info = {"method": "real (sample images not scored)", "images": args.real_calib}
+    else:
+        calib = synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings)
+        head = calib.images[: args.calib_images]
+        set_info = set_record(calib, set_dir, calibrated_on=len(head))
     t1 = time.perf_counter()
     qmodel = calibrated_copy(model, quant_config_from_options(args.scheme), lambda m: [m(x) for x in head.split(16)])
     ev = EvalData.from_tensors(images, labels, model)
@@ -74,7 +84,7 @@ def main() -> int:
     final = evaluate_student(qmodel, ev)
     report = {
         "model": args.model, "scheme": args.scheme, "machine_load_start": start,
-        "set": set_record(calib, set_dir, calibrated_on=len(head)),
+        "set": set_info, "scored_images": len(images),
         "config": dataclasses.asdict(rcfg), "fp": fp, "calibration_alone": calibrated, "reconstructed": final,
         "wall": {"set_or_load": round(t1 - t0, 1), "calibrate_and_baseline": round(t2 - t1, 1),
                  "reconstruct_this_process": round(t3 - t2, 1)},
