@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,3 +29,17 @@ def synthetic_set(set_dir: Path, model: nn.Module, name: str, cfg: dict, method:
 def first_images(calib: CalibrationSet, n: int) -> CalibrationSet:
     """The first ``n`` images of a set (all when it holds fewer), with their labels and kept tokens."""
     return select_images(calib, torch.arange(min(n, len(calib))))
+
+
+def add_set_options(ap: argparse.ArgumentParser, model: str, method: str, num_images: int, calib_images: int) -> None:
+    """The options every QAT/reconstruction benchmark shares: assets, model, scheme and its synthetic set."""
+    from _assets import default_assets
+
+    ap.add_argument("--assets", type=Path, default=default_assets())
+    ap.add_argument("--model", default=model, choices=["mobilenet_v1_025", "deit_tiny"])
+    ap.add_argument("--scheme", default="w4a8", choices=["w4a8", "w8a8"])
+    ap.add_argument("--method", default=method, help="inversion method of the set (when it is made here)")
+    ap.add_argument("--num-images", type=int, default=num_images, help="images of the set (when it is made here)")
+    ap.add_argument("--set", dest="settings", action="append", default=[], help="inversion KEY=VALUE")
+    ap.add_argument("--set-dir", type=Path, default=None, help="the synthetic set (made here when missing)")
+    ap.add_argument("--calib-images", type=int, default=calib_images, help="calibrate on the set's first N images")

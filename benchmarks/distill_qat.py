@@ -23,9 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _assets import default_assets, load  # noqa: E402
+from _assets import load  # noqa: E402
 from _report import run_record, set_record, write_report  # noqa: E402
-from _sets import first_images, synthetic_set  # noqa: E402
+from _sets import add_set_options, first_images, synthetic_set  # noqa: E402
 
 from dfq.distill import EvalData, distill, qat_defaults  # noqa: E402
 from dfq.distill.config import DistillConfig  # noqa: E402
@@ -38,14 +38,7 @@ from dfq.quant.variants import calibrated_copy  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--assets", type=Path, default=default_assets())
-    ap.add_argument("--model", default="mobilenet_v1_025", choices=["mobilenet_v1_025", "deit_tiny"])
-    ap.add_argument("--scheme", default="w4a8", choices=["w4a8", "w8a8"])
-    ap.add_argument("--method", default="deepinversion", help="inversion method of the training set")
-    ap.add_argument("--num-images", type=int, default=256)
-    ap.add_argument("--set", dest="settings", action="append", default=[], help="inversion KEY=VALUE")
-    ap.add_argument("--set-dir", type=Path, default=None, help="the synthetic set (made here when missing)")
-    ap.add_argument("--calib-images", type=int, default=32)
+    add_set_options(ap, "mobilenet_v1_025", "deepinversion", 256, 32)
     ap.add_argument("--train-images", type=int, default=None, help="train on the first N images only (default: all)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _assets import default_assets, load  # noqa: E402
+from _assets import load  # noqa: E402
 from _report import set_record, write_report  # noqa: E402
-from _sets import synthetic_set  # noqa: E402
+from _sets import add_set_options, synthetic_set  # noqa: E402
 
 from dfq.distill import EvalData  # noqa: E402
 from dfq.distill.loop import evaluate_student  # noqa: E402
@@ -38,14 +38,7 @@ from dfq.quant.variants import calibrated_copy  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--assets", type=Path, default=default_assets())
-    ap.add_argument("--model", default="deit_tiny", choices=["mobilenet_v1_025", "deit_tiny"])
-    ap.add_argument("--scheme", default="w4a8", choices=["w4a8", "w8a8"])
-    ap.add_argument("--method", default="smi", help="inversion method of the set (when it is made here)")
-    ap.add_argument("--num-images", type=int, default=64)
-    ap.add_argument("--set", dest="settings", action="append", default=[], help="inversion KEY=VALUE")
-    ap.add_argument("--set-dir", type=Path, default=None)
-    ap.add_argument("--calib-images", type=int, default=64)
+    add_set_options(ap, "deit_tiny", "smi", 64, 64)
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=ReconstructConfig.lr)

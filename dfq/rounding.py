@@ -19,18 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dfq.numerics import _shape_for as _shape  # the per-channel broadcast of scales, one definition
+
 __all__ = ["ZETA", "GAMMA", "rectified_sigmoid", "init_rounding", "rounded_weight", "rounding_penalty", "beta_at"]
 
 ZETA = 1.1
 GAMMA = -0.1
-
-
-def _shape(param: Tensor, w: Tensor, axis: int | None) -> Tensor:
-    if axis is None or param.dim() == 0:
-        return param
-    shape = [1] * w.dim()
-    shape[axis] = -1
-    return param.reshape(shape)
 
 
 def rectified_sigmoid(v: Tensor) -> Tensor:
