@@ -43,3 +43,11 @@ def add_set_options(ap: argparse.ArgumentParser, model: str, method: str, num_im
     ap.add_argument("--set", dest="settings", action="append", default=[], help="inversion KEY=VALUE")
     ap.add_argument("--set-dir", type=Path, default=None, help="the synthetic set (made here when missing)")
     ap.add_argument("--calib-images", type=int, default=calib_images, help="calibrate on the set's first N images")
+
+
+def set_from_args(args: argparse.Namespace, model: nn.Module, cfg: dict) -> tuple[CalibrationSet, Path]:
+    """The set the :func:`add_set_options` options name (``--set-dir``, default ``OUT/set``), made when missing;
+    ``OUT`` is created."""
+    set_dir = args.set_dir or args.out / "set"
+    args.out.mkdir(parents=True, exist_ok=True)
+    return synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings), set_dir

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _assets import load  # noqa: E402
 from _report import run_record, set_record, write_report  # noqa: E402
-from _sets import add_set_options, first_images, synthetic_set  # noqa: E402
+from _sets import add_set_options, first_images, set_from_args  # noqa: E402
 
 from dfq.distill import EvalData, distill, qat_defaults  # noqa: E402
 from dfq.distill.config import DistillConfig  # noqa: E402
@@ -52,10 +52,8 @@ def main() -> int:
     args = ap.parse_args()
     start = snapshot()
     model, cfg, images, labels = load(args.model, args.assets, 500)
-    set_dir = args.set_dir or args.out / "set"
-    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    calib = synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings)
+    calib, set_dir = set_from_args(args, model, cfg)
     config = quant_config_from_options(args.scheme)
     head = calib.images[: args.calib_images]
     t1 = time.perf_counter()

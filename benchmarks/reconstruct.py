@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _assets import load  # noqa: E402
 from _report import set_record, write_report  # noqa: E402
-from _sets import add_set_options, synthetic_set  # noqa: E402
+from _sets import add_set_options, set_from_args  # noqa: E402
 
 from dfq.distill import EvalData  # noqa: E402
 from dfq.distill.loop import evaluate_student  # noqa: E402
@@ -52,14 +52,13 @@ def main() -> int:
     args = ap.parse_args()
     start = snapshot()
     model, cfg, images, labels = load(args.model, args.assets, 500)
-    set_dir = args.set_dir or args.out / "set"
-    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.real_calib:
+        args.out.mkdir(parents=True, exist_ok=True)
         head, images, labels = images[-args.real_calib :], images[: -args.real_calib], labels[: -args.real_calib]
         set_info = {"method": "real (sample images not scored)", "images": args.real_calib}
     else:
-        calib = synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings)
+        calib, set_dir = set_from_args(args, model, cfg)
         head = calib.images[: args.calib_images]
         set_info = set_record(calib, set_dir, calibrated_on=len(head))
     t1 = time.perf_counter()

@@ -9,8 +9,8 @@ option (Wei et al., ICLR 2022), on any calibration images, synthetic ones includ
    reconstructed; ``inputs="fp"``: from the float model) and its target is the float unit's output on
    the float input, both recorded once for all images;
 3. Adam trains one rounding variable per weight (and, as an option, the activation ranges inside the
-   unit, LSQ) on ``Σ_channels (q - f)²`` averaged over the rest, plus the annealed rounding penalty
-   after a warm-up; ``drop`` > 0 keeps each quantized activation inside the unit in float with that
+   unit, LSQ) on the relative output error ``Σ (q - f)² / Σ f²`` plus ``reg_weight`` times the mean
+   annealed rounding penalty after a warm-up; ``drop`` > 0 keeps each quantized activation inside the unit in float with that
    probability during training (QDrop);
 4. the hard rounding is written into the layer's weight, which then lies on its quantizer's grid: the
    result is an ordinary calibrated model (same state-dict keys, ranges unchanged), so saving,
@@ -149,15 +149,21 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def _record(model: nn.Module, unit: nn.Module, images: Tensor, batch: int, output: bool) -> Tensor:
-    """The input (or output) of ``unit`` for every image, on the CPU; the forward stops at the unit."""
-    got: list[Tensor] = []
+def _record(
+    model: nn.Module, unit: nn.Module, images: Tensor, batch: int, inputs: bool, outputs: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """The input and/or output of ``unit`` for every image, on the CPU, from one forward of ``model``
+    per batch that stops at the unit (None for what was not asked)."""
+    got_in: list[Tensor] = []
+    got_out: list[Tensor] = []
 
     def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        value = out if output else args[0]
-        if not isinstance(value, Tensor):
-            raise DfqError(f"reconstruction needs units with one tensor in and out, got {type(value).__name__}")
-        got.append(value.detach().cpu())
+        for wanted, value, into in ((inputs, args[0], got_in), (outputs, out, got_out)):
+            if not wanted:
+                continue
+            if not isinstance(value, Tensor):
+                raise DfqError(f"reconstruction needs units with one tensor in and out, got {type(value).__name__}")
+            into.append(value.detach().cpu())
         raise _Stop
 
     handle = unit.register_forward_hook(hook)
@@ -170,7 +176,7 @@ def _record(model: nn.Module, unit: nn.Module, images: Tensor, batch: int, outpu
                 pass
     finally:
         handle.remove()
-    return torch.cat(got)
+    return (torch.cat(got_in) if inputs else None), (torch.cat(got_out) if outputs else None)
 
 
 class _Rounder(nn.Module):
@@ -267,7 +273,7 @@ def _train_unit(
                 r.hard = True
                 w = layer.layer.weight
                 hard = r(w)
-                nearest = layer_nearest(w, r.quantizer)
+                nearest = r.quantizer(w)  # round-to-nearest on the same grid (mode quantize: see _rounds)
                 flipped += int((hard != nearest).sum())
                 total += hard.numel()
                 w.copy_(hard)
@@ -280,16 +286,6 @@ def _train_unit(
     after = _unit_error(unit, x, y, config.batch_size, device)
     return UnitReport(name, len(layers), before, after, flipped / max(total, 1), undecided / max(total, 1),
                       round(time.perf_counter() - t0, 2))  # fmt: skip
-
-
-def layer_nearest(w: Tensor, quantizer: FakeQuantizer) -> Tensor:
-    """``w`` fake-quantized by round-to-nearest with ``quantizer``'s range (what calibration alone gives)."""
-    mode = quantizer.mode
-    quantizer.mode = "quantize"
-    try:
-        return quantizer(w.detach())
-    finally:
-        quantizer.mode = mode
 
 
 def _fingerprint(images: Tensor) -> str:
@@ -350,12 +346,9 @@ def reconstruct(
             if i < done:
                 continue
             with quantizers_off(reference):
-                fp_unit = fp_units[name]
-                y = _record(reference, fp_unit, images, config.batch_size, output=True)
-                x = (_record(reference, fp_unit, images, config.batch_size, output=False) if config.inputs == "fp"
-                     else None)  # fmt: skip
+                x, y = _record(reference, fp_units[name], images, config.batch_size, config.inputs == "fp", True)
             if x is None:
-                x = _record(model, unit, images, config.batch_size, output=False)
+                x, _ = _record(model, unit, images, config.batch_size, True, False)
             report = _train_unit(name, unit, x, y, config, config.seed * 100003 + i, bar)
             reports.append(report)
             if on_unit is not None:
