@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dfq.augment import resized_crop_flip
 from dfq.checkpointing import StateFile, run_identity, to_cpu
 from dfq.errors import DfqError
 from dfq.quant.calibrate import activation_quantizers, quantizers_off
@@ -42,7 +43,7 @@ from dfq.quant.modules import QuantLayer
 from dfq.quant.quantizer import FakeQuantizer
 from dfq.rounding import beta_at, init_rounding, rectified_sigmoid, rounded_weight, rounding_penalty
 
-__all__ = ["ReconstructConfig", "BLOCK_TYPES", "reconstruction_units", "reconstruct", "UnitReport"]
+__all__ = ["ReconstructConfig", "BLOCK_TYPES", "reconstruction_units", "reconstruct", "UnitReport", "with_views"]
 
 BLOCK_TYPES = frozenset(
     {"Block", "QuantBlock", "BasicBlock", "Bottleneck", "DepthwiseSeparableConv", "InvertedResidual", "EdgeResidual"}
@@ -72,7 +73,11 @@ class ReconstructConfig:
         drop: QDrop's probability of keeping an activation float during training (0: off; QDrop: 0.5).
         inputs: ``quant`` (the unit sees the quantized model's activations, BRECQ) or ``fp``.
         units: ``block`` (:data:`BLOCK_TYPES` and the layers outside them) or ``layer`` (every layer alone).
-        seed: seed of the batch draws and of the drop masks.
+        views: augmented copies of each calibration image added to the images reconstructed on (0:
+            none): each a random resized crop (area 35-100%) and flip of the image
+            (:func:`dfq.augment.resized_crop_flip`), drawn once from ``seed``. Few images fit a block's
+            rounding to themselves; the views widen what it is fitted to at no cost per step.
+        seed: seed of the batch draws, the drop masks and the views.
     """
 
     iters: int = 1000
@@ -86,6 +91,7 @@ class ReconstructConfig:
     drop: float = 0.0
     inputs: Literal["quant", "fp"] = "quant"
     units: Literal["block", "layer"] = "block"
+    views: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -99,6 +105,8 @@ class ReconstructConfig:
             raise ValueError(f"act_ranges must be frozen or learn, got {self.act_ranges!r}")
         if self.inputs not in ("quant", "fp"):
             raise ValueError(f"inputs must be quant or fp, got {self.inputs!r}")
+        if self.views < 0:
+            raise ValueError(f"views must not be negative, got {self.views}")
         if self.units not in ("block", "layer"):
             raise ValueError(f"units must be block or layer, got {self.units!r}")
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
@@ -288,6 +296,22 @@ def _train_unit(
                       round(time.perf_counter() - t0, 2))  # fmt: skip
 
 
+def with_views(images: Tensor, views: int, seed: int) -> Tensor:
+    """``images`` followed by ``views`` augmented copies of them (random resized crop of 35-100% of the
+    area, flip with probability 1/2), drawn from a generator seeded with ``seed``.
+
+    >>> x = torch.rand(2, 3, 8, 8)
+    >>> y = with_views(x, 2, 0)
+    >>> y.shape[0], torch.equal(y[:2], x), torch.equal(y, with_views(x, 2, 0))
+    (6, True, True)
+    """
+    if views == 0:
+        return images
+    g = torch.Generator().manual_seed(seed)
+    copies = [resized_crop_flip(images.cpu(), g, scale=(0.35, 1.0)).to(images.device) for _ in range(views)]
+    return torch.cat([images, *copies])
+
+
 def _fingerprint(images: Tensor) -> str:
     return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
@@ -340,6 +364,7 @@ def reconstruct(
         done = int(saved["units_done"])
         reports = [UnitReport(**r) for r in saved["reports"]]
     fp_units = dict(reference.named_modules())
+    images = with_views(images, config.views, config.seed)
     with tqdm(total=len(units) * config.iters, initial=done * config.iters, desc="reconstruct",
               disable=not progress) as bar:  # fmt: skip
         for i, (name, unit) in enumerate(units):
