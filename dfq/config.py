@@ -176,6 +176,9 @@ class QuantConfig:
             on for CNNs with BatchNorm, off for ViTs): correct each layer's expected output shift from
             weight rounding with the calibration set's input means (Nagel et al. 2019); see
             :mod:`dfq.quant.bias_correction`.
+        layer_weight_bits: per-layer weight widths that replace ``weight.num_bits`` for the named layers,
+            ``(qualified layer name, bits)`` pairs (mixed precision, e.g. ``(("blocks.0.mlp.fc2", 8),)``);
+            a name that matches no quantized layer is an error when the model is quantized.
         numerics: label of the numerics family, ``trt``, ``paper`` or ``custom`` (reports, export checks).
         name: preset name, informational.
         version: schema version of this recipe.
@@ -188,6 +191,7 @@ class QuantConfig:
     quantize_head: bool = True
     quantize_patch_embed: bool = True
     bias_correction: BiasCorrection = BiasCorrection.AUTO
+    layer_weight_bits: tuple[tuple[str, int], ...] = ()
     numerics: str = "trt"
     name: str = ""
     version: int = CONFIG_VERSION
@@ -210,6 +214,15 @@ class QuantConfig:
         if bad:
             raise ValueError(f"site_calibrators names unknown site(s) {sorted(bad)}")
         object.__setattr__(self, "site_calibrators", overrides)
+        widths = self.layer_weight_bits
+        if isinstance(widths, Mapping):
+            widths = tuple(widths.items())
+        widths = tuple(sorted((str(k), v) for k, v in widths))
+        for _, bits in widths:
+            dataclasses.replace(self.weight, num_bits=bits)  # the spec validates the width
+        if len({k for k, _ in widths}) != len(widths):
+            raise ValueError("layer_weight_bits names a layer twice")
+        object.__setattr__(self, "layer_weight_bits", widths)
         if self.act.per_channel:
             raise ValueError("activations are quantized per tensor (TensorRT's rule); set act.per_channel=False")
         try:  # the CLI, JSON recipes and callers pass strings
@@ -220,6 +233,16 @@ class QuantConfig:
             raise ValueError(f"numerics must be trt, paper or custom, got {self.numerics!r}")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"recipe version {self.version} is not supported (this dfq reads {CONFIG_VERSION})")
+
+    def weight_spec(self, layer: str) -> QuantSpec:
+        """The weight spec of ``layer`` (``weight`` with the layer's width from ``layer_weight_bits``).
+
+        >>> c = QuantConfig(weight=QuantSpec(num_bits=4, per_channel=True), layer_weight_bits={"head": 8})
+        >>> c.weight_spec("head").num_bits, c.weight_spec("blocks.0.mlp.fc1").num_bits
+        (8, 4)
+        """
+        bits = dict(self.layer_weight_bits).get(layer)
+        return self.weight if bits is None or bits == self.weight.num_bits else dataclasses.replace(self.weight, num_bits=bits)
 
     def act_spec(self, site: str) -> QuantSpec:
         """The activation spec of ``site`` (``act`` with the site's calibrator override, if any)."""
@@ -232,7 +255,10 @@ class QuantConfig:
         return self.act.trt_runnable(activation=True) and self.weight.trt_runnable(activation=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-able data (``layer_weight_bits`` only when set: older recipes stay as written)."""
+        widths = {"layer_weight_bits": dict(self.layer_weight_bits)} if self.layer_weight_bits else {}
         return {
+            **widths,
             "weight": self.weight.to_dict(),
             "act": self.act.to_dict(),
             "act_sites": sorted(self.act_sites),

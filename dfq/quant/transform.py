@@ -55,10 +55,12 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
         raise ValueError("model is already quantized (it contains FakeQuantizer modules)")
     check_finite(model.state_dict().items(), f"model {type(model).__name__}")
     keep = filter_fn or (lambda _m, _n: True)
+    f = _Factory(config, cnn=not is_cls_vit(model) and model_family(model) == "cnn")
     if is_cls_vit(model):
-        _quantize_vit(model, config, keep)
+        _quantize_vit(model, config, keep, f)
     else:
-        _quantize_generic(model, config, keep)
+        _quantize_generic(model, config, keep, f)
+    f.check_widths()
     return model
 
 
@@ -68,14 +70,22 @@ class _Factory:
     def __init__(self, config: QuantConfig, cnn: bool) -> None:
         self.config = config
         self.bias_correction = config.bias_correction.enabled(cnn=cnn)
+        self.named: set[str] = set()  # layers given a weight quantizer
+
+    def check_widths(self) -> None:
+        """Every layer of ``layer_weight_bits`` got a quantizer (a misspelt name must not pass silently)."""
+        unknown = sorted({k for k, _ in self.config.layer_weight_bits} - self.named)
+        if unknown:
+            raise ValueError(f"layer_weight_bits names layer(s) that are not quantized in this model: {', '.join(unknown[:5])}")
 
     def act(self, site: str) -> FakeQuantizer | None:
         if site not in self.config.act_sites:
             return None
         return FakeQuantizer(self.config.act_spec(site), site=site, role=Role.ACTIVATION)
 
-    def weight(self) -> FakeQuantizer:
-        return FakeQuantizer(self.config.weight, axis=0, site="weight", role=Role.WEIGHT)
+    def weight(self, name: str) -> FakeQuantizer:
+        self.named.add(name)
+        return FakeQuantizer(self.config.weight_spec(name), axis=0, site="weight", role=Role.WEIGHT)
 
     def layer(
         self, layer: nn.Module, name: str, keep: FilterFn, in_site: str, out_site: str | None = None
@@ -83,11 +93,10 @@ class _Factory:
         if not keep(layer, name):
             return layer
         out = self.act(out_site) if out_site else None
-        return QuantLayer(layer, self.weight(), self.act(in_site), out, bias_correction=self.bias_correction)
+        return QuantLayer(layer, self.weight(name), self.act(in_site), out, bias_correction=self.bias_correction)
 
 
-def _quantize_vit(model: nn.Module, config: QuantConfig, keep: FilterFn) -> None:
-    f = _Factory(config, cnn=False)
+def _quantize_vit(model: nn.Module, config: QuantConfig, keep: FilterFn, f: _Factory) -> None:
     pe = model.patch_embed
     if config.quantize_patch_embed:
         pe.proj = f.layer(pe.proj, "patch_embed.proj", keep, "image")
@@ -131,8 +140,7 @@ def _quantize_vit(model: nn.Module, config: QuantConfig, keep: FilterFn) -> None
         model.head = f.layer(model.head, "head", keep, "head_in", "logits")
 
 
-def _quantize_generic(model: nn.Module, config: QuantConfig, keep: FilterFn) -> None:
-    f = _Factory(config, cnn=model_family(model) == "cnn")
+def _quantize_generic(model: nn.Module, config: QuantConfig, keep: FilterFn, f: _Factory) -> None:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
