@@ -56,6 +56,14 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
         kl = f"{report['kl']:.4f}" if report["kl"] is not None else (
             "undefined (non-finite logits)" if report.get("num_eval_images") else "n/a (no images)")
         click.echo(f"agreement with FP: {_pct(report['agreement'])}   KL(FP||quant): {kl}")
+    est = report.get("estimate") or {}
+    if "kl" in est:
+        click.echo(f"data-free estimate on {est['images']} held-out images ({est['source']}): agreement "
+                   f"{_pct(est['agreement'])}   KL(FP||quant): {est['kl']:.4f}  (synthetic images: ranks configurations, not an accuracy)")
+    mixed = report.get("mixed_precision")
+    if mixed:
+        click.echo(f"mixed precision: {len(mixed['eight_bit'])} layer(s) at 8 bits, mean weight width "
+                   f"{mixed['average_bits']:.2f} (budget {mixed['budget']:g})")
 
 
 def _pct(v: float | None) -> str:
@@ -142,6 +150,13 @@ def _numerics() -> list[str]:
 @click.option("--reconstruct-iters", type=int, default=None, help="Reconstruction steps per block (default 1000).")
 @click.option("--reconstruct-option", "reconstruct_options", multiple=True, metavar="KEY=VALUE",
               help="Any ReconstructConfig field (lr, reg_weight, batch_size, drop, act_ranges, ...), repeatable.")
+@click.option("--holdout", type=int, default=None,
+              help="Images held out of calibration for the data-free estimate and mixed precision "
+                   "(default 8 without --eval-folder, 0 with it).")
+@click.option("--holdout-set", type=click.Path(), default=None,
+              help="A saved set (dfq invert) to hold out instead, e.g. of a better source than the calibration one.")
+@click.option("--weight-bits-budget", type=float, default=None,
+              help="Mixed precision: per-layer weight bits (the scheme's or 8) within this mean, e.g. 5.0 for w4a8.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
@@ -154,7 +169,8 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
               calib_folder: str | None, inversion: str | None, calib_set: str | None, settings: tuple[str, ...],
               dense_calibration: bool, num_images: int, eval_folder: str | None, eval_images: int | None,
               sites: str | None, no_head: bool, target: str, bias_correction: str, do_reconstruct: bool,
-              reconstruct_iters: int | None, reconstruct_options: tuple[str, ...], batch_size: int, seed: int,
+              reconstruct_iters: int | None, reconstruct_options: tuple[str, ...], holdout: int | None,
+              holdout_set: str | None, weight_bits_budget: float | None, batch_size: int, seed: int,
               out: str, force: bool, export_fmt: str | None, as_json: bool) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
     from dfq.jobs.calibrate import CalibrateRequest, quant_config_from_options, run_calibrate
@@ -171,6 +187,7 @@ def calibrate(model_name: str, checkpoint: str | None, no_pretrained: bool, devi
         num_images=num_images, seed=seed, eval_folder=eval_folder, eval_images=eval_images, batch_size=batch_size,
         device=device, overwrite=force, progress=not as_json,
         reconstruct=_reconstruct_config(do_reconstruct, reconstruct_iters, reconstruct_options, seed),
+        holdout=holdout, holdout_set=holdout_set, weight_bits_budget=weight_bits_budget,
     )
     report = run_calibrate(request)
     if export_fmt is not None:
@@ -320,6 +337,45 @@ def distill(teacher: str | None, teacher_checkpoint: str | None, student: str | 
         click.echo(f"teacher: top-1 {_pct(report['fp']['top1'])}   student: top-1 {_pct(report['quant']['top1'])}")
         kl = f"{report['kl']:.4f}" if report["kl"] is not None else "undefined"
         click.echo(f"agreement with the teacher: {_pct(report['agreement'])}   KL(teacher||student): {kl}{kl0}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--images", type=click.Path(), default=None,
+              help="A saved set (dfq invert) to measure on; default: the run's held-out images (RUN/holdout).")
+@click.option("--sites", is_flag=True, help="Also measure every activation quantizer (slower), not only layer weights.")
+@click.option("--limit", type=int, default=None, help="Measure on at most this many images.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default=None, help="cpu | cuda (default: cuda when available).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def analyze(run: str, images: str | None, sites: bool, limit: int | None, batch_size: int, device: str | None,
+            as_json: bool) -> None:
+    """Per-layer sensitivity of a run on held-out images: KL to FP with each quantizer alone and dropped."""
+    from dfq.jobs.analyze import AnalyzeRequest, run_analyze
+
+    record = run_analyze(AnalyzeRequest(run=run, images=images, sites=sites, batch_size=batch_size, device=device,
+                                        limit=limit, progress=not as_json))  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    base = record["baseline_kl"]
+    rows = sorted(record["rows"], key=lambda r: base - r["drop_kl"], reverse=True)
+    click.echo(f"KL(FP||quant) on {record['images']['count']} held-out images: {base:.4f}; most sensitive first:")
+    for r in rows[:10]:
+        click.echo(f"  {r['name']:<32} {r['kind']:<6} alone {r['alone_kl']:.4g}  saved when dropped {base - r['drop_kl']:.4g}")
+    click.echo(f"table written to {record['written']} (and analysis.md)")
+
+
+@cli.command(name="report")
+@click.argument("run", type=click.Path())
+@click.option("--out", type=click.Path(), default=None, help="HTML file to write (default RUN/report.html).")
+def report_cmd(run: str, out: str | None) -> None:
+    """Write one self-contained HTML page of a run: figures, preview, sensitivity, ranges, mixed precision."""
+    from dfq.jobs.html_report import write_html_report
+    from dfq.runs import read_recipe
+
+    read_recipe(run)  # not a run directory: one error line
+    click.echo(f"report written to {write_html_report(run, out)}")
 
 
 @cli.command(name="export")

@@ -234,6 +234,30 @@ class CalibrationSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def split(self, n: int) -> tuple[CalibrationSet, CalibrationSet]:
+        """The first ``n`` images and the rest, as two sets; each provenance records its part
+        (``split``: ``{"part": "head" | "tail", "start", "stop", "of"}``).
+
+        >>> s = CalibrationSet(torch.zeros(5, 3, 2, 2), labels=torch.arange(5))
+        >>> a, b = s.split(3)
+        >>> len(a), len(b), b.labels.tolist(), b.provenance["split"]
+        (3, 2, [3, 4], {'part': 'tail', 'start': 3, 'stop': 5, 'of': 5})
+        """
+        total = len(self)
+        if not 0 < n < total:
+            raise ValueError(f"split needs 0 < n < {total}, got {n}")
+
+        def part(name: str, lo: int, hi: int) -> CalibrationSet:
+            pick = slice(lo, hi)
+            return CalibrationSet(
+                self.images[pick],
+                None if self.labels is None else self.labels[pick],
+                None if self.keep_index is None else self.keep_index[pick],
+                {**self.provenance, "split": {"part": name, "start": lo, "stop": hi, "of": total}},
+            )
+
+        return part("head", 0, n), part("tail", n, total)
+
     def batches(self, batch_size: int, device: torch.device | str | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Consecutive ``(images, keep_index)`` batches; ``keep_index`` is ``None`` for a dense set."""
         if batch_size < 1:

@@ -25,8 +25,19 @@ from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.errors import DfqError
 from dfq.jobs.evaluate import evaluate_pair
-from dfq.jobs.model import load_job_model
-from dfq.jobs.sources import CalibrationSource, plan_source, resolve_source
+from dfq.jobs.model import check_set_matches, load_job_model
+from dfq.jobs.plan import (
+    DEFAULT_HOLDOUT,
+    HOLDOUT_DIR,
+    analysis_record,
+    estimate,
+    image_digests,
+    mixed_precision_record,
+    plan_mixed_precision,
+    split_holdout,
+    write_analysis,
+)
+from dfq.jobs.sources import CalibrationSource, SourceKind, plan_source, resolve_source
 from dfq.preview import model_patch_size, save_preview
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct
 from dfq.quant.variants import calibrated_copy
@@ -57,6 +68,14 @@ class CalibrateRequest:
         reconstruct: block reconstruction after calibration (:func:`dfq.quant.reconstruct.reconstruct`)
             on the calibration images (all tokens), resumable from ``OUT.reconstruct.ckpt`` (removed
             once the run directory is complete); None: calibration alone.
+        holdout: images held out of calibration for the data-free estimate (report ``estimate``) and
+            mixed precision: made or drawn beside the ``num_images`` of an inversion or folder, the
+            last ones of a saved set; saved in ``RUN/holdout``. None: :data:`DEFAULT_HOLDOUT` without
+            an evaluation folder (skipped when a saved set is too small), 0 with one.
+        holdout_set: a saved set to use as the held-out images instead (e.g. images of a better
+            source than the calibration one; never the calibration set itself).
+        weight_bits_budget: mixed precision: per-layer weight widths (the scheme's width or 8) chosen
+            greedily on the held-out weight sensitivity so the mean weight width stays within this budget.
     """
 
     out: str
@@ -76,8 +95,38 @@ class CalibrateRequest:
     overwrite: bool = False
     progress: bool = True
     reconstruct: ReconstructConfig | None = None
+    holdout: int | None = None
+    holdout_set: str | None = None
+    weight_bits_budget: float | None = None
+
+    @property
+    def holdout_images(self) -> int:
+        """Held-out images to split off the calibration source (0 with ``holdout_set``)."""
+        if self.holdout_set is not None:
+            return 0
+        if self.holdout is not None:
+            return self.holdout
+        return 0 if self.eval_folder is not None else DEFAULT_HOLDOUT
 
     def __post_init__(self) -> None:
+        if self.holdout is not None and self.holdout < 0:
+            raise DfqError("--holdout must not be negative")
+        if self.holdout_set is not None and not Path(self.holdout_set).is_dir():
+            raise DfqError(f"--holdout-set {self.holdout_set} is not a directory")
+        if self.weight_bits_budget is not None:
+            low = self.config.weight.num_bits
+            if low >= 8:
+                raise DfqError(
+                    f"--weight-bits-budget mixes {low}-bit and 8-bit weights; choose a scheme with weights below 8 bits (e.g. w4a8)"
+                )
+            if not low <= self.weight_bits_budget <= 8:
+                raise DfqError(
+                    f"--weight-bits-budget must lie in [{low}, 8] for {low}-bit weights, got {self.weight_bits_budget:g}"
+                )
+            if self.holdout_set is None and self.holdout_images == 0:
+                raise DfqError(
+                    "--weight-bits-budget measures sensitivity on held-out images: pass --holdout N (N >= 1) or --holdout-set DIR"
+                )
         if self.num_images < 1:
             raise DfqError("--num-images must be at least 1")
         if self.batch_size < 1:
@@ -178,6 +227,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
     Raises:
         DfqError: bad input (missing folders, unknown model, existing run directory, ...).
     """
+    from dfq.evaluation import batched_logits
     from dfq.runs import (
         CALIBRATION_DIR,
         RECIPE,
@@ -190,7 +240,10 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
 
     device = check_device(request.device)
     timings: dict[str, float] = {}
-    plan = plan_source(request.source, num_images=request.num_images, seed=request.seed)
+    made = request.source.kind is not SourceKind.SET  # an inversion or a folder draws the held-out images too
+    extra = request.holdout_images if made else 0
+    plan = plan_source(request.source, num_images=request.num_images + extra, seed=request.seed)
+    held_saved = CalibrationSet.load(request.holdout_set) if request.holdout_set is not None else None
     with run_directory(request.out, overwrite=request.overwrite) as run:
         with _timer(timings, "load_model"):
             job_model = load_job_model(
@@ -199,11 +252,38 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         cfg = job_model.data_cfg
         with _timer(timings, "calibration_data"):
             resolved = resolve_source(plan, job_model, device=device, progress=request.progress)
-        calib = resolved.calib
+        explicit = request.holdout is not None or request.weight_bits_budget is not None
+        calib, held = split_holdout(resolved.calib, request.holdout_images, required=made or explicit)
+        held_source = _describe(request.source)
+        if held_saved is not None:
+            check_set_matches(held_saved, job_model.identity, str(request.holdout_set))
+            if image_digests(held_saved.images) & image_digests(calib.images):
+                raise DfqError(
+                    f"--holdout-set {request.holdout_set} holds calibration images; hold out other images"
+                )
+            held, held_source = held_saved, f"set {request.holdout_set}"
+        fp_held = (
+            None
+            if held is None
+            else batched_logits(job_model.module, held.images.to(device), request.batch_size)
+        )
+        config = request.config
         with _timer(timings, "quantize_and_calibrate"):
             loop = calibration_forward_loop(calib, request.batch_size, device, request.progress,
                                             request.dense_calibration)  # fmt: skip
-            qmodel = calibrated_copy(job_model.module, request.config, loop)
+            qmodel = calibrated_copy(job_model.module, config, loop)
+        mixed = None
+        if request.weight_bits_budget is not None and held is not None and fp_held is not None:
+            with _timer(timings, "mixed_precision"):
+                widths, baseline, rows = plan_mixed_precision(qmodel, fp_held, held, request.weight_bits_budget,
+                                                              request.batch_size, request.progress)  # fmt: skip
+                low = config.weight.num_bits
+                config = dataclasses.replace(
+                    config, layer_weight_bits=tuple((k, b) for k, b in widths.items() if b != low)
+                )
+                qmodel = calibrated_copy(job_model.module, config, loop)
+            mixed = mixed_precision_record(widths, rows, request.weight_bits_budget, low)
+            mixed["uniform_kl"] = baseline
         units = None
         if request.reconstruct is not None:
             with _timer(timings, "reconstruct"):
@@ -211,7 +291,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
                                     checkpoint=reconstruct_checkpoint(request.out), progress=request.progress)  # fmt: skip
         recipe = {
             "model": job_model.identity,
-            "quant": request.config.to_dict(),
+            "quant": config.to_dict(),
             "calibration": {
                 **request.source.describe(),
                 "sparse": calib.keep_index is not None and not request.dense_calibration,
@@ -224,12 +304,23 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         }
         write_json(run / RECIPE, recipe)
         calib.save(run / CALIBRATION_DIR)
+        if held is not None:
+            held.save(run / HOLDOUT_DIR)
         preview = run / CALIBRATION_DIR / "preview.png"
         save_preview(calib, preview, cfg["mean"], cfg["std"], patch=model_patch_size(job_model.module))
         save_quant_state(run, recipe, qmodel)
         report: dict[str, Any] = {"model": recipe["model"], "quant_config": recipe["quant"], "calibration": recipe["calibration"]}
         if units is not None:
             report["reconstruct"] = {"config": recipe["reconstruct"], "units": [dataclasses.asdict(u) for u in units]}
+        if mixed is not None:
+            report["mixed_precision"] = mixed
+            write_analysis(run, analysis_record(mixed["uniform_kl"], rows, {"source": held_source, "count": len(held),
+                                                                             "model": "uniform " + request.config.name}))  # fmt: skip
+        if held is not None and fp_held is not None:
+            report["estimate"] = estimate(qmodel, fp_held, held, held_source, request.batch_size)
+        elif request.eval_folder is None:
+            report["estimate"] = {"skipped": f"the set has {len(calib)} images, too few to hold {DEFAULT_HOLDOUT} out; "
+                                             "pass --holdout-set DIR or --eval-folder DIR"}  # fmt: skip
         if request.eval_folder is not None:
             with _timer(timings, "evaluate"):
                 report.update(evaluate_pair(qmodel, job_model.module, request.eval_folder, cfg,
@@ -241,6 +332,13 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
     if request.reconstruct is not None:
         reconstruct_checkpoint(request.out).unlink(missing_ok=True)
     return report
+
+
+def _describe(source: CalibrationSource) -> str:
+    """A short name of a calibration source for the estimate (``smi``, ``folder DIR``, ``set DIR``)."""
+    if source.kind is SourceKind.INVERSION:
+        return str(source.method)
+    return f"{source.kind.value} {source.path}"
 
 
 def reconstruct_checkpoint(out: str | Path) -> Path:

@@ -19,7 +19,7 @@ from dfq.devices import check_device
 from dfq.errors import DfqError
 from dfq.evaluation import Predictor, TorchPredictor, evaluate
 
-__all__ = ["BACKENDS", "evaluate_folder", "evaluate_pair", "folder_loader", "pair_report"]
+__all__ = ["BACKENDS", "evaluate_folder", "evaluate_pair", "float_reference", "folder_loader", "pair_report"]
 
 
 def _torch_backend(run: Path, net: nn.Module, device: torch.device) -> Predictor:
@@ -70,7 +70,7 @@ class _FloatView:
             return self.inner(images)
 
 
-def _reference(recipe: dict[str, Any], net: nn.Module, device: torch.device) -> Predictor:
+def float_reference(recipe: dict[str, Any], net: nn.Module, device: torch.device) -> Predictor:
     """The FP reference of a run: its own weights with the quantizers off, except after data-free QAT or
     block reconstruction (the weights moved), where it is the float model the run was calibrated from
     (recipe ``model``)."""
@@ -167,7 +167,7 @@ def evaluate_folder(
     cfg = dict(recipe["data_config"])
     net = load(run, device=dev)
     quant = BACKENDS[backend](Path(run), net, dev)
-    reference = _reference(recipe, net, dev)
+    reference = float_reference(recipe, net, dev)
     report = evaluate_pair(quant, reference, data, cfg, batch_size=batch_size,
                            limit=limit, progress=progress)  # fmt: skip
     return {"run": str(run), "backend": backend, **report}
