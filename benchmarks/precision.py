@@ -1,0 +1,199 @@
+"""Precision planning on the real models (issue 13): mixed precision against uniform widths, and how well
+the data-free estimate (KL to FP on held-out synthetic images) ranks configurations by their real KL.
+
+``mixed``: W4A8 calibrated on the first ``--calib-images`` of a synthetic set; weight sensitivity on the
+set's last ``--holdout`` images (never calibrated on); per-layer widths chosen greedily for each
+``--budgets`` value (:func:`dfq.quant.sensitivity.choose_widths`), each recalibrated and scored on the
+500 sample images beside uniform W4A8 and W8A8::
+
+    python benchmarks/precision.py mixed --model deit_tiny --set-dir runs/sets/smi500-dt-s1 --out runs/mixed-dt
+
+``estimate``: a list of configurations of DeiT-Tiny and MobileNet-v1 0.25 (schemes, calibrators,
+calibration sources, reconstruction, mixed precision), each scored by the held-out synthetic KL and by
+the KL on the real sample images; the Spearman rank correlation of the two, pooled and per model::
+
+    python benchmarks/precision.py estimate --out runs/estimate
+
+Calibration forwards every token (dense), as reconstruction does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from _assets import calibration_images, default_assets, load  # noqa: E402
+
+from dfq.config import QuantConfig  # noqa: E402
+from dfq.data import CalibrationSet  # noqa: E402
+from dfq.evaluation import batched_logits, classification_metrics  # noqa: E402
+from dfq.jobs import quant_config_from_options  # noqa: E402
+from dfq.loadcheck import snapshot  # noqa: E402
+from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from dfq.quant.sensitivity import average_weight_bits, choose_widths, sensitivity  # noqa: E402
+from dfq.quant.variants import calibrated_copy  # noqa: E402
+
+SETS = {"deit_tiny": "runs/sets/smi500-dt-s1", "mobilenet_v1_025": "runs/sets/di200-mb"}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties).
+
+    >>> spearman([1, 2, 3, 4], [10, 20, 40, 30])
+    0.8
+    """
+
+    def ranks(x: list[float]) -> list[float]:
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    ra, rb = torch.tensor(ranks(a), dtype=torch.float64), torch.tensor(ranks(b), dtype=torch.float64)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return round(float((ra * rb).sum() / (ra.norm() * rb.norm())), 6)
+
+
+class Bench:
+    """One model: its real images, its synthetic set split into calibration and held-out images, and the
+    float logits on both, computed once."""
+
+    def __init__(self, name: str, assets: Path, set_dir: Path, calib_images: int, holdout: int, batch: int) -> None:
+        self.name = name
+        self.model, self.cfg, self.images, self.labels = load(name, assets, 500)
+        self.assets = assets
+        synth = CalibrationSet.load(set_dir)
+        if calib_images + holdout > len(synth):
+            raise SystemExit(f"{set_dir} holds {len(synth)} images, fewer than {calib_images} + {holdout}")
+        self.calib, self.held = synth.images[:calib_images], synth.images[-holdout:]
+        self.batch = batch
+        self.fp_real = batched_logits(self.model, self.images, batch)
+        self.fp_held = batched_logits(self.model, self.held, batch)
+
+    def calibrated(self, config: QuantConfig, images: torch.Tensor) -> torch.nn.Module:
+        return calibrated_copy(self.model, config, lambda m: [m(x) for x in images.split(self.batch)])
+
+    def score(self, q: torch.nn.Module) -> dict[str, Any]:
+        unl = torch.full((len(self.held),), -1, dtype=torch.int64)
+        real = classification_metrics(batched_logits(q, self.images, self.batch), self.labels, self.fp_real)
+        held = classification_metrics(batched_logits(q, self.held, self.batch), unl, self.fp_held)
+        return {"top1": real["top1"], "agreement": real["agreement"], "kl": real["kl"],
+                "held_agreement": held["agreement"], "held_kl": held["kl"]}  # fmt: skip
+
+    def widths(self, q: torch.nn.Module, budget: float) -> tuple[dict[str, int], float, list[Any]]:
+        baseline, rows = sensitivity(q, self.held, self.fp_held, ("weight",), self.batch, progress=False)
+        return choose_widths(rows, budget, baseline), baseline, rows
+
+
+def _mixed_config(config: QuantConfig, widths: dict[str, int]) -> QuantConfig:
+    low = config.weight.num_bits
+    return dataclasses.replace(config, layer_weight_bits=tuple((k, b) for k, b in widths.items() if b != low))
+
+
+def run_mixed(args: argparse.Namespace) -> dict[str, Any]:
+    b = Bench(args.model, args.assets, args.set_dir or Path(SETS[args.model]), args.calib_images, args.holdout, args.batch)
+    w4 = quant_config_from_options("w4a8")
+    rows_out = []
+    t0 = time.perf_counter()
+    q4 = b.calibrated(w4, b.calib)
+    widths, baseline, rows = b.widths(q4, max(args.budgets))
+    t_sens = time.perf_counter() - t0
+    numels = {r.name: r.numel for r in rows}
+    rows_out.append({"config": "uniform w4a8", "average_bits": 4.0, **b.score(q4)})
+    for budget in args.budgets:
+        widths = choose_widths(rows, budget, baseline)
+        q = b.calibrated(_mixed_config(w4, widths), b.calib)
+        eight = sorted(k for k, v in widths.items() if v == 8)
+        rows_out.append({"config": f"mixed, budget {budget:g}", "average_bits": round(average_weight_bits(numels, widths), 3),
+                         "eight_bit": eight, **b.score(q)})  # fmt: skip
+        print(rows_out[-1], flush=True)
+    rows_out.append({"config": "uniform w8a8", "average_bits": 8.0, **b.score(b.calibrated(quant_config_from_options("w8a8"), b.calib))})
+    return {"model": args.model, "uniform_held_kl": baseline, "sensitivity_seconds": round(t_sens, 1),
+            "sensitivity": [dataclasses.asdict(r) for r in rows], "rows": rows_out}  # fmt: skip
+
+
+def _configs(name: str) -> list[dict[str, Any]]:
+    """The configurations scored for one model: (label, scheme, calibrator, source, reconstruct iters, budget)."""
+    rec = 100 if name == "deit_tiny" else 200
+    return [
+        {"label": "w8a8 minmax, synthetic", "scheme": "w8a8", "calibrator": "minmax", "source": "synthetic"},
+        {"label": "w8a8 percentile, synthetic", "scheme": "w8a8", "calibrator": "percentile", "source": "synthetic"},
+        {"label": "w8a8 minmax, noise", "scheme": "w8a8", "calibrator": "minmax", "source": "noise"},
+        {"label": "w8a8 minmax, real", "scheme": "w8a8", "calibrator": "minmax", "source": "real"},
+        {"label": "w4a8 minmax, synthetic", "scheme": "w4a8", "calibrator": "minmax", "source": "synthetic"},
+        {"label": "w4a8 minmax, noise", "scheme": "w4a8", "calibrator": "minmax", "source": "noise"},
+        {"label": f"w4a8 + reconstruction ({rec} steps/unit), synthetic", "scheme": "w4a8", "calibrator": "minmax",
+         "source": "synthetic", "reconstruct": rec},
+        {"label": "w4a8 mixed, budget 5, synthetic", "scheme": "w4a8", "calibrator": "minmax", "source": "synthetic",
+         "budget": 5.0},
+    ]  # fmt: skip
+
+
+def run_estimate(args: argparse.Namespace) -> dict[str, Any]:
+    results = []
+    for name in args.models:
+        b = Bench(name, args.assets, Path(SETS[name]), args.calib_images, args.holdout, args.batch)
+        g = torch.Generator().manual_seed(0)
+        sources = {"synthetic": b.calib, "noise": torch.randn(b.calib.shape, generator=g),
+                   "real": calibration_images(name, args.assets, b.cfg, b.images, len(b.calib))}  # fmt: skip
+        for c in _configs(name):
+            t0 = time.perf_counter()
+            config = quant_config_from_options(c["scheme"], calibrator=c["calibrator"])
+            q = b.calibrated(config, sources[c["source"]])
+            if c.get("budget"):
+                widths, _, _ = b.widths(q, c["budget"])
+                q = b.calibrated(_mixed_config(config, widths), sources[c["source"]])
+            if c.get("reconstruct"):
+                reconstruct(q, sources[c["source"]], ReconstructConfig(iters=c["reconstruct"], batch_size=16), progress=False)
+            results.append({"model": name, **c, **b.score(q), "seconds": round(time.perf_counter() - t0, 1)})
+            print(results[-1], flush=True)
+    by_model = {
+        name: spearman([r["held_kl"] for r in results if r["model"] == name], [r["kl"] for r in results if r["model"] == name])
+        for name in args.models
+    }  # fmt: skip
+    return {"configs": results, "spearman_pooled": spearman([r["held_kl"] for r in results], [r["kl"] for r in results]),
+            "spearman_by_model": by_model}  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["mixed", "estimate"])
+    ap.add_argument("--assets", type=Path, default=default_assets())
+    ap.add_argument("--model", default="deit_tiny", choices=list(SETS))
+    ap.add_argument("--models", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--set-dir", type=Path, default=None)
+    ap.add_argument("--calib-images", type=int, default=32)
+    ap.add_argument("--holdout", type=int, default=32, help="the set's last N images, never calibrated on")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[4.5, 5.0, 6.0])
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    start = snapshot()
+    t0 = time.perf_counter()
+    report = run_mixed(args) if args.what == "mixed" else run_estimate(args)
+    report = {"machine_load_start": start, "wall_seconds": round(time.perf_counter() - t0, 1),
+              "calib_images": args.calib_images, "holdout": args.holdout, **report}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sensitivity", "configs")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
