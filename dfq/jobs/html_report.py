@@ -24,6 +24,7 @@ from typing import Any
 from dfq import atomic
 from dfq.errors import DfqError
 from dfq.jobs import _svg
+from dfq.jobs.plan import ANALYSIS_JSON
 
 __all__ = [
     "write_html_report",
@@ -35,14 +36,13 @@ __all__ = [
 ]
 
 REPORT_HTML = "report.html"
-ANALYSIS_JSON = "analysis.json"
 TOP_SENSITIVITY = 40  # rows drawn in the sensitivity chart; the table below it lists all of them
 
 HOW_TO = {  # what writes each optional piece of a run directory
     "eval": "dfq calibrate ... --eval-folder DIR",
     "preview": "dfq calibrate ...",
     "estimate": "dfq calibrate ... --holdout N",
-    "analysis": "dfq calibrate ... --weight-bits-budget BITS",
+    "analysis": "dfq analyze RUN (or dfq calibrate ... --weight-bits-budget BITS)",
     "ranges": "dfq calibrate ...",
     "mixed_precision": "dfq calibrate ... --weight-bits-budget BITS",
     "reconstruct": "dfq calibrate ... --reconstruct",
