@@ -132,3 +132,30 @@ def test_bad_input() -> None:
     for bad in ({"iters": 0}, {"drop": 1.0}, {"act_ranges": "x"}, {"inputs": "y"}, {"units": "z"}, {"lr": 0}):
         with pytest.raises(ValueError):
             ReconstructConfig(**bad)
+
+
+def test_views_widen_the_fitted_images_deterministically() -> None:
+    """``views`` adds seeded crops/flips of the images: the unit errors are measured over all of them, a
+    second run with the same seed gives the same weights, and the weights still lie on the grid."""
+    from dfq.quant.reconstruct import with_views
+
+    fp = _model("test_vit")
+    x = _images(4)
+    cfg = dataclasses.replace(FAST, views=2)
+    runs = []
+    for _ in range(2):
+        q = _calibrated(fp, x)
+        reports = reconstruct(q, x, cfg, progress=False)
+        runs.append((q, reports))
+    (a, ra), (b, rb) = runs
+    assert all(torch.equal(p, r) for p, r in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert [r.error_after for r in ra] == [r.error_after for r in rb]
+    plain = _calibrated(fp, x)
+    reconstruct(plain, x, FAST, progress=False)
+    assert not torch.equal(plain.blocks[0].mlp.fc1.layer.weight, a.blocks[0].mlp.fc1.layer.weight)
+    w, q = a.blocks[0].mlp.fc1.layer.weight, a.blocks[0].mlp.fc1.weight_quantizer
+    assert torch.equal(q(w), w)  # on the 4-bit grid
+    v = with_views(x, 2, 0)
+    assert v.shape[0] == 12 and not torch.equal(v[4:8], x) and not torch.equal(v[4:8], v[8:])
+    with pytest.raises(ValueError, match="views"):
+        ReconstructConfig(views=-1)
