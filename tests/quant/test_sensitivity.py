@@ -117,3 +117,23 @@ def test_layer_weight_bits_in_config_and_model():
     with pytest.raises(ValueError, match="num_bits"):
         dataclasses.replace(base, layer_weight_bits={"head": 1})
     assert QuantSpec(num_bits=4).num_bits == 4
+
+
+def test_cnn_mixed_precision_end_to_end():
+    """On a BatchNorm CNN: sensitivity, a plan within the budget, and the planned model at its widths."""
+    torch.manual_seed(0)
+    fp = timm.create_model("test_resnet", pretrained=False).eval()
+    calib, held = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    q = dfq.calibrate(dfq.quantize_(copy.deepcopy(fp), preset("w4a8")), lambda m: m(calib))
+    baseline, rows = sensitivity(q, held, progress=False)
+    widths = choose_widths(rows, 5.0, baseline)
+    numels = {r.name: r.numel for r in rows}
+    assert 4.0 < average_weight_bits(numels, widths) <= 5.0 and set(widths.values()) == {4, 8}
+    cfg = dataclasses.replace(preset("w4a8"), layer_weight_bits={k: 8 for k, b in widths.items() if b == 8})
+    mixed = dfq.calibrate(dfq.quantize_(copy.deepcopy(fp), cfg), lambda m: m(calib))
+    named = dict(mixed.named_modules())
+    assert all(named[k].weight_quantizer.spec.num_bits == b for k, b in widths.items())
+    with torch.no_grad():
+        ref = fp(held)
+        kl_mixed, kl_uniform = _kl64(ref, mixed(held)), _kl64(ref, q(held))
+    assert kl_mixed < kl_uniform  # the promoted layers were the ones that mattered on these images
