@@ -37,9 +37,9 @@ from dfq.config import QuantConfig  # noqa: E402
 from dfq.data import CalibrationSet  # noqa: E402
 from dfq.evaluation import batched_logits, classification_metrics  # noqa: E402
 from dfq.jobs import quant_config_from_options  # noqa: E402
+from dfq.jobs.plan import mixed_precision_record, plan_mixed_precision, widths_config  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
-from dfq.quant.sensitivity import average_weight_bits, choose_widths, sensitivity  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
 
 SETS = {"deit_tiny": "runs/sets/smi500-dt-s1", "mobilenet_v1_025": "runs/sets/di200-mb"}
@@ -96,36 +96,30 @@ class Bench:
         return {"top1": real["top1"], "agreement": real["agreement"], "kl": real["kl"],
                 "held_agreement": held["agreement"], "held_kl": held["kl"]}  # fmt: skip
 
-    def widths(self, q: torch.nn.Module, budget: float) -> tuple[dict[str, int], float, list[Any]]:
-        baseline, rows = sensitivity(q, self.held, self.fp_held, ("weight",), self.batch, progress=False)
-        return choose_widths(rows, budget, baseline), baseline, rows
-
-
-def _mixed_config(config: QuantConfig, widths: dict[str, int]) -> QuantConfig:
-    low = config.weight.num_bits
-    return dataclasses.replace(config, layer_weight_bits=tuple((k, b) for k, b in widths.items() if b != low))
+    def mixed(self, config: QuantConfig, images: torch.Tensor, budget: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The plan ``dfq calibrate --weight-bits-budget`` makes (:func:`dfq.jobs.plan.plan_mixed_precision`)."""
+        q = self.calibrated(config, images)
+        held = CalibrationSet(self.held)
+        widths, model, baseline, rows, plans = plan_mixed_precision(
+            q, self.fp_held, held, budget, lambda w: self.calibrated(widths_config(config, w), images), self.batch, False
+        )
+        record = mixed_precision_record(widths, rows, budget, config.weight.num_bits)
+        return model, {**record, "uniform_held_kl": baseline, "plans": plans,
+                       "sensitivity": [dataclasses.asdict(r) for r in rows]}  # fmt: skip
 
 
 def run_mixed(args: argparse.Namespace) -> dict[str, Any]:
     b = Bench(args.model, args.assets, args.set_dir or Path(SETS[args.model]), args.calib_images, args.holdout, args.batch)
     w4 = quant_config_from_options("w4a8")
-    rows_out = []
-    t0 = time.perf_counter()
-    q4 = b.calibrated(w4, b.calib)
-    widths, baseline, rows = b.widths(q4, max(args.budgets))
-    t_sens = time.perf_counter() - t0
-    numels = {r.name: r.numel for r in rows}
-    rows_out.append({"config": "uniform w4a8", "average_bits": 4.0, **b.score(q4)})
+    rows_out = [{"config": "uniform w4a8", "average_bits": 4.0, **b.score(b.calibrated(w4, b.calib))}]
     for budget in args.budgets:
-        widths = choose_widths(rows, budget, baseline)
-        q = b.calibrated(_mixed_config(w4, widths), b.calib)
-        eight = sorted(k for k, v in widths.items() if v == 8)
-        rows_out.append({"config": f"mixed, budget {budget:g}", "average_bits": round(average_weight_bits(numels, widths), 3),
-                         "eight_bit": eight, **b.score(q)})  # fmt: skip
-        print(rows_out[-1], flush=True)
+        t0 = time.perf_counter()
+        q, plan = b.mixed(w4, b.calib, budget)
+        rows_out.append({"config": f"mixed, budget {budget:g}", **plan, **b.score(q),
+                         "plan_seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+        print({k: v for k, v in rows_out[-1].items() if k not in ("sensitivity", "layers")}, flush=True)
     rows_out.append({"config": "uniform w8a8", "average_bits": 8.0, **b.score(b.calibrated(quant_config_from_options("w8a8"), b.calib))})
-    return {"model": args.model, "uniform_held_kl": baseline, "sensitivity_seconds": round(t_sens, 1),
-            "sensitivity": [dataclasses.asdict(r) for r in rows], "rows": rows_out}  # fmt: skip
+    return {"model": args.model, "rows": rows_out}
 
 
 def _configs(name: str) -> list[dict[str, Any]]:
@@ -155,10 +149,10 @@ def run_estimate(args: argparse.Namespace) -> dict[str, Any]:
         for c in _configs(name):
             t0 = time.perf_counter()
             config = quant_config_from_options(c["scheme"], calibrator=c["calibrator"])
-            q = b.calibrated(config, sources[c["source"]])
             if c.get("budget"):
-                widths, _, _ = b.widths(q, c["budget"])
-                q = b.calibrated(_mixed_config(config, widths), sources[c["source"]])
+                q, _ = b.mixed(config, sources[c["source"]], c["budget"])
+            else:
+                q = b.calibrated(config, sources[c["source"]])
             if c.get("reconstruct"):
                 reconstruct(q, sources[c["source"]], ReconstructConfig(iters=c["reconstruct"], batch_size=16), progress=False)
             results.append({"model": name, **c, **b.score(q), "seconds": round(time.perf_counter() - t0, 1)})
@@ -191,7 +185,7 @@ def main() -> int:
               "calib_images": args.calib_images, "holdout": args.holdout, **report}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k not in ("sensitivity", "configs")}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("rows", "configs")}, indent=2))
     return 0
 
 

@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=ReconstructConfig.lr)
     ap.add_argument("--reg-weight", type=float, default=ReconstructConfig.reg_weight)
     ap.add_argument("--act-ranges", default="frozen", choices=["frozen", "learn"])
+    ap.add_argument("--range-lr", type=float, default=ReconstructConfig.range_lr)
     ap.add_argument("--drop", type=float, default=0.0)
     ap.add_argument("--views", type=int, default=0, help="augmented copies of each calibration image")
     ap.add_argument("--real-calib", type=int, default=0,
@@ -69,7 +70,8 @@ def main() -> int:
     calibrated = evaluate_student(qmodel, ev)
     print("calibration alone", calibrated, flush=True)
     rcfg = ReconstructConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, reg_weight=args.reg_weight,
-                             act_ranges=args.act_ranges, drop=args.drop, views=args.views)  # fmt: skip
+                             act_ranges=args.act_ranges, range_lr=args.range_lr, drop=args.drop,
+                             views=args.views)  # fmt: skip
     t2 = time.perf_counter()
     units = reconstruct(qmodel, head, rcfg, checkpoint=args.out / "reconstruct.ckpt",
                         on_unit=lambda r: print(r, flush=True))  # fmt: skip

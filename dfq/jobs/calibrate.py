@@ -35,6 +35,7 @@ from dfq.jobs.plan import (
     mixed_precision_record,
     plan_mixed_precision,
     split_holdout,
+    widths_config,
     write_analysis,
 )
 from dfq.jobs.sources import CalibrationSource, SourceKind, plan_source, resolve_source
@@ -275,15 +276,18 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         mixed = None
         if request.weight_bits_budget is not None and held is not None and fp_held is not None:
             with _timer(timings, "mixed_precision"):
-                widths, baseline, rows = plan_mixed_precision(qmodel, fp_held, held, request.weight_bits_budget,
-                                                              request.batch_size, request.progress)  # fmt: skip
-                low = config.weight.num_bits
-                config = dataclasses.replace(
-                    config, layer_weight_bits=tuple((k, b) for k, b in widths.items() if b != low)
+                uniform = config
+
+                def build(widths: dict[str, int]) -> nn.Module:
+                    return calibrated_copy(job_model.module, widths_config(uniform, widths), loop)
+
+                widths, qmodel, baseline, rows, tried = plan_mixed_precision(
+                    qmodel, fp_held, held, request.weight_bits_budget, build, request.batch_size, request.progress
                 )
-                qmodel = calibrated_copy(job_model.module, config, loop)
-            mixed = mixed_precision_record(widths, rows, request.weight_bits_budget, low)
+                config = widths_config(uniform, widths)
+            mixed = mixed_precision_record(widths, rows, request.weight_bits_budget, uniform.weight.num_bits)
             mixed["uniform_kl"] = baseline
+            mixed["plans"] = tried
         units = None
         if request.reconstruct is not None:
             with _timer(timings, "reconstruct"):

@@ -4,7 +4,8 @@
 * :func:`estimate`: agreement and KL to the float model on the held-out images, the number a user
   without data gets instead of an accuracy (it ranks configurations; it is not a top-1);
 * :func:`plan_mixed_precision`: per-layer weight widths under an average-width budget, greedy on the
-  weight sensitivity measured on the held-out images (:mod:`dfq.quant.sensitivity`);
+  weight sensitivity measured on the held-out images (:mod:`dfq.quant.sensitivity`), the best of the
+  greedy orderings by held-out KL;
 * :func:`analysis_record` / :func:`write_analysis`: the sensitivity table as ``analysis.json`` and
   ``analysis.md`` in a run directory (read by ``dfq report``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from dfq import atomic
+from dfq.config import QuantConfig
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
-from dfq.evaluation import batched_logits, classification_metrics
-from dfq.quant.sensitivity import Sensitivity, average_weight_bits, choose_widths, sensitivity
+from dfq.evaluation import batched_logits, classification_metrics, per_image_kl
+from dfq.quant.sensitivity import ORDERINGS, Sensitivity, average_weight_bits, choose_widths, sensitivity
 
 __all__ = [
     "DEFAULT_HOLDOUT",
@@ -35,6 +38,7 @@ __all__ = [
     "image_digests",
     "estimate",
     "plan_mixed_precision",
+    "widths_config",
     "mixed_precision_record",
     "analysis_record",
     "write_analysis",
@@ -90,21 +94,55 @@ def estimate(
     }
 
 
+def widths_config(config: QuantConfig, widths: dict[str, int]) -> QuantConfig:
+    """``config`` with the layers of ``widths`` whose width differs from the scheme's listed in
+    ``layer_weight_bits``."""
+    low = config.weight.num_bits
+    return dataclasses.replace(config, layer_weight_bits=tuple((k, b) for k, b in widths.items() if b != low))
+
+
 def plan_mixed_precision(
-    quant: nn.Module, fp_logits: Tensor, held: CalibrationSet, budget: float, batch_size: int, progress: bool
-) -> tuple[dict[str, int], float, list[Sensitivity]]:
+    quant: nn.Module,
+    fp_logits: Tensor,
+    held: CalibrationSet,
+    budget: float,
+    build: Callable[[dict[str, int]], nn.Module],
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[str, int], nn.Module, float, list[Sensitivity], list[dict[str, Any]]]:
     """Weight widths for every quantized layer of ``quant`` within a mean of ``budget`` bits.
 
+    The weight sensitivity of ``quant`` is measured once on the held-out images; each greedy ordering
+    of :data:`dfq.quant.sensitivity.ORDERINGS` gives a plan, ``build(widths)`` calibrates it, and the
+    plan with the lowest KL on the same held-out images is kept (the orderings disagree where
+    quantizers interact; the measured KL decides, still without data).
+
     Returns:
-        ``(widths, baseline_kl, rows)``: ``{layer: bits}``, the uniform model's held-out KL, and its
-        weight sensitivity rows.
+        ``(widths, model, baseline_kl, rows, candidates)``: the chosen ``{layer: bits}`` and its
+        calibrated model, the uniform model's held-out KL, its weight sensitivity rows, and one record
+        per distinct plan tried (``by``, ``per_bit``, ``promoted`` layer count, ``average_bits``,
+        ``held_kl``, ``chosen``).
     """
     baseline, rows = sensitivity(quant, held.images, fp_logits, ("weight",), batch_size, progress)
-    try:
-        widths = choose_widths(rows, budget, baseline)
-    except ValueError as e:
-        raise DfqError(str(e)) from None
-    return widths, baseline, rows
+    numels = {r.name: r.numel for r in rows}
+    tried: list[tuple[dict[str, int], nn.Module, dict[str, Any]]] = []
+    for by, per_bit in ORDERINGS:
+        try:
+            widths = choose_widths(rows, budget, baseline, by=by, per_bit=per_bit)
+        except ValueError as e:
+            raise DfqError(str(e)) from None
+        if any(w == widths for w, _, _ in tried):
+            continue
+        model = build(widths)
+        kl = float(per_image_kl(fp_logits, batched_logits(model, held.images, batch_size)).mean())
+        record = {"by": by, "per_bit": per_bit, "promoted": sum(widths[r.name] != r.bits for r in rows),
+                  "average_bits": round(average_weight_bits(numels, widths), 4), "held_kl": kl}  # fmt: skip
+        tried.append((widths, model, record))
+    best = min(range(len(tried)), key=lambda i: tried[i][2]["held_kl"])
+    for i, (_, _, record) in enumerate(tried):
+        record["chosen"] = i == best
+    widths, model, _ = tried[best]
+    return widths, model, baseline, rows, [t[2] for t in tried]
 
 
 def mixed_precision_record(

@@ -12,8 +12,9 @@ float reference is another model, e.g. after reconstruction moved the weights). 
 *held out*: never the calibration images, on which the ranges were fitted.
 
 :func:`choose_widths` turns the weight rows into a mixed-precision assignment: layers move from the
-low width to the high one in order of KL saved per added weight bit, while the average weight width
-stays within the budget (greedy on the table; no re-measurement).
+low width to the high one in the order of a measure from the table (KL saved when dropped, or KL
+caused alone; per added weight bit or not), while the average weight width stays within the budget
+(greedy on the table; no re-measurement).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dfq.evaluation import batched_logits, per_image_kl
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer, Role
 
-__all__ = ["Sensitivity", "sensitivity", "choose_widths", "average_weight_bits", "Kind"]
+__all__ = ["Sensitivity", "sensitivity", "choose_widths", "average_weight_bits", "Kind", "ORDERINGS"]
 
 Kind = Literal["weight", "act"]
 
@@ -142,33 +143,49 @@ def average_weight_bits(numels: dict[str, int], widths: dict[str, int]) -> float
     return sum(n * widths[k] for k, n in numels.items()) / total
 
 
+ORDERINGS = (("drop", True), ("alone", True), ("drop", False), ("alone", False))
+"""The greedy orderings :func:`choose_widths` offers: the measure, and whether it is taken per added bit."""
+
+
 def choose_widths(
-    rows: Sequence[Sensitivity], budget_bits: float, baseline_kl: float, high: int = 8
+    rows: Sequence[Sensitivity],
+    budget_bits: float,
+    baseline_kl: float,
+    high: int = 8,
+    by: Literal["drop", "alone"] = "drop",
+    per_bit: bool = True,
 ) -> dict[str, int]:
     """Per-layer weight widths from the weight rows of :func:`sensitivity`, within an average-width budget.
 
-    Every layer starts at its measured width; layers move to ``high`` bits in order of KL saved
-    (``baseline_kl - drop_kl``; dropping a layer's weight quantizer stands for making it ``high``-bit)
-    per added weight bit, skipping any that would break the budget or save nothing.
+    Every layer starts at its measured width; layers move to ``high`` bits in order of their measure —
+    ``by="drop"``: the KL saved when the layer alone is left in float (``baseline_kl - drop_kl``, standing
+    for making it ``high``-bit); ``by="alone"``: the KL it causes by itself (``alone_kl``) — divided by
+    the bits it adds when ``per_bit``, skipping any that would break the budget or whose measure is not
+    positive. The orderings disagree where quantizers interact; :func:`dfq.jobs.plan.plan_mixed_precision`
+    tries each (:data:`ORDERINGS`) and keeps the plan with the lowest held-out KL.
 
     Args:
         rows: sensitivity rows (activation rows are ignored).
         budget_bits: the largest allowed mean weight width over the rows' layers.
         baseline_kl: the model's KL with every quantizer on.
         high: the width a promoted layer gets.
+        by: the measure, ``drop`` or ``alone``.
+        per_bit: rank by measure per added weight bit (else by the measure alone).
 
     Returns:
         ``{layer: bits}`` for every weight row.
 
     Raises:
-        ValueError: the budget is below the starting mean width.
+        ValueError: the budget is below the starting mean width, or an unknown measure.
 
-    >>> r = [Sensitivity("a", "weight", "weight", 4, 100, 0.2, 0.05), Sensitivity("b", "weight", "weight", 4, 100, 0.1, 0.15)]
-    >>> choose_widths(r, 6.0, 0.2)  # a saves 0.15, b 0.05 per 400 bits; 6.0 affords one of them
+    >>> r = [Sensitivity("a", "weight", "weight", 4, 100, 0.2, 0.05), Sensitivity("b", "weight", "weight", 4, 300, 0.1, 0.15)]
+    >>> choose_widths(r, 5.0, 0.2)  # a saves 0.15 over 400 bits, b 0.05 over 1200; 5.0 affords a only
     {'a': 8, 'b': 4}
-    >>> choose_widths(r, 8.0, 0.2)
-    {'a': 8, 'b': 8}
+    >>> choose_widths(r, 8.0, 0.2), choose_widths(r, 8.0, 0.2, by="alone", per_bit=False)
+    ({'a': 8, 'b': 8}, {'a': 8, 'b': 8})
     """
+    if by not in ("drop", "alone"):
+        raise ValueError(f"by must be drop or alone, got {by!r}")
     weights = [r for r in rows if r.kind == "weight"]
     widths = {r.name: r.bits for r in weights}
     numels = {r.name: r.numel for r in weights}
@@ -179,10 +196,12 @@ def choose_widths(
         raise ValueError(f"a budget of {budget_bits:g} weight bits is below the model's {start:.3g}")
     allowed = budget_bits * sum(numels.values())
     used = sum(numels[k] * widths[k] for k in widths)
-    gain = {r.name: baseline_kl - r.drop_kl for r in weights}
-    order = sorted((r for r in weights if r.bits < high and gain[r.name] > 0),
-                   key=lambda r: gain[r.name] / ((high - r.bits) * r.numel), reverse=True)  # fmt: skip
-    for r in order:
+    measure = {r.name: (baseline_kl - r.drop_kl) if by == "drop" else r.alone_kl for r in weights}
+
+    def key(r: Sensitivity) -> float:
+        return measure[r.name] / ((high - r.bits) * r.numel) if per_bit else measure[r.name]
+
+    for r in sorted((r for r in weights if r.bits < high and measure[r.name] > 0), key=key, reverse=True):
         extra = (high - r.bits) * r.numel
         if used + extra <= allowed + 1e-6:
             widths[r.name] = high

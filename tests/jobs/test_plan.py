@@ -90,6 +90,10 @@ def test_weight_bits_budget_plans_reloads_exports_and_runs_in_onnxruntime(tmp_pa
     layers = mixed["layers"]
     assert len(layers) == 26 and set(layers.values()) == {4, 8}
     assert mixed["average_bits"] <= 5.0 and mixed["eight_bit"] == sorted(k for k, b in layers.items() if b == 8)
+    plans = mixed["plans"]
+    chosen = [p for p in plans if p["chosen"]]
+    assert len(plans) >= 2 and len(chosen) == 1 and chosen[0]["held_kl"] == min(p["held_kl"] for p in plans)
+    assert report["estimate"]["kl"] == pytest.approx(chosen[0]["held_kl"], rel=1e-6)  # the kept plan is the run
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["quant"]["layer_weight_bits"] == {k: 8 for k in mixed["eight_bit"]}
     q = dfq.load(out)

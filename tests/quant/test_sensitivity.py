@@ -96,6 +96,15 @@ def test_choose_widths_is_greedy_on_saving_per_bit_within_the_budget():
     assert choose_widths(rows, 4.0, 1.0) == {"a": 4, "b": 4, "c": 4, "d": 4}
     with pytest.raises(ValueError, match="below"):
         choose_widths(rows, 3.5, 1.0)
+    # alone_kl a 0.05, b 0.3, c 0.2; KL saved when dropped a 0.1, b 0.5, c 0.3 (baseline 1.0); 500 weights
+    three = [Sensitivity("a", "weight", "weight", 4, 100, 0.05, 0.9), Sensitivity("b", "weight", "weight", 4, 300, 0.3, 0.5),
+             Sensitivity("c", "weight", "weight", 4, 100, 0.2, 0.7)]  # fmt: skip
+    assert choose_widths(three, 7.2, 1.0, by="alone") == {"a": 4, "b": 8, "c": 8}  # c 5e-4/bit, b 2.5e-4, a 1.25e-4
+    assert choose_widths(three, 6.4, 1.0, by="alone", per_bit=False) == {"a": 4, "b": 8, "c": 4}  # b fills 1200 bits
+    assert choose_widths(three, 6.4, 1.0, by="drop", per_bit=False) == {"a": 4, "b": 8, "c": 4}  # b saves most
+    assert choose_widths(three, 6.4, 1.0) == {"a": 8, "b": 4, "c": 8}  # c 7.5e-4/bit, b 4.2e-4 no room, a 2.5e-4
+    with pytest.raises(ValueError, match="drop or alone"):
+        choose_widths(three, 5.0, 1.0, by="both")
 
 
 def test_layer_weight_bits_in_config_and_model():
