@@ -439,6 +439,33 @@ def bench_inversion(model_name: str, checkpoint: str | None, no_pretrained: bool
                + ("machine idle" if load["idle"] else "NOT idle: " + "; ".join(load["not_idle_because"])))
 
 
+def _set_formats() -> list[str]:
+    from dfq.interop import FORMATS
+
+    return list(FORMATS)
+
+
+@cli.command(name="export-set")
+@click.argument("source", metavar="SET", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(_set_formats()), default="npz", show_default=True,
+              help="npz: {input name: images}; npy: the bare array (single-input models).")
+@click.option("--out", required=True, type=click.Path(), help="File to write (ending in .npz or .npy).")
+@click.option("--input-name", default=None, help="npz key: the ONNX model's input name (default: input).")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export_set_cmd(source: str, fmt: str, out: str, input_name: str | None, force: bool, as_json: bool) -> None:
+    """Write a calibration set (or a run's) as ModelOpt ONNX PTQ's --calibration_data_path file."""
+    from dfq.interop import export_set
+
+    record = export_set(source, out, fmt=fmt, input_name=input_name, overwrite=force)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    key = f" under key {record['key']!r}" if record["key"] else ""
+    sparse = " (sparse set written dense: stopped patches as they are)" if record["sparse"] else ""
+    click.echo(f"wrote {record['path']}: {record['num_images']} images {tuple(record['shape'][1:])}{key}{sparse}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``dfq``): SIGTERM stops like Ctrl-C, then the click group runs."""
     if threading.current_thread() is threading.main_thread():

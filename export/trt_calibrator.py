@@ -151,7 +151,8 @@ def strip_qdq(onnx_path: str | Path, out_path: str | Path) -> Path:
 
 
 def make_trt_calibrator(
-    batches: Iterable[Tensor], cache_path: str | Path, algo: Literal["entropy", "minmax"] = "entropy"
+    batches: Iterable[Tensor], cache_path: str | Path, algo: Literal["entropy", "minmax"] = "entropy",
+    batch_size: int | None = None,
 ) -> Any:
     """A TensorRT <= 10 calibrator (``IInt8EntropyCalibrator2`` / ``IInt8MinMaxCalibrator``) over image batches.
 
@@ -163,6 +164,9 @@ def make_trt_calibrator(
         batches: CPU float image batches of equal shape.
         cache_path: cache file read/written by TensorRT.
         algo: ``entropy`` or ``minmax``.
+        batch_size: images per batch, answered by ``get_batch_size()`` from the start (TensorRT may
+            ask before the first ``get_batch``); ``None``: the size of the latest batch (1 before the
+            first). :func:`dfq.interop.trt_calibrator` feeds it from a calibration set.
 
     Raises:
         DfqError: tensorrt missing, TensorRT >= 11 (implicit calibration removed), no CUDA.
@@ -189,7 +193,7 @@ def make_trt_calibrator(
             base.__init__(self)
             self._iter = iter(batches)
             self._buffer: Tensor | None = None
-            self._batch_size = 0
+            self._batch_size = batch_size or 0
 
         def get_batch_size(self) -> int:
             return self._batch_size or 1

@@ -18,7 +18,7 @@ FLOORS = {
         ["_lazy", "errors", "numerics", "calibrators", "losses", "checkpointing", "checkpoints", "atomic", "signals", "rounding", "augment", "models", "data",
          "vit", "config", "evaluation", "devices", "loadcheck", "flops", "stats", "sets", "preview", "zoo"], 0),  # fmt: skip
     **dict.fromkeys(["quant", "inversion", "export", "distill"], 1),
-    **dict.fromkeys(["runs", "report"], 2),
+    **dict.fromkeys(["runs", "report", "interop"], 2),
     "jobs": 3,
     "cli": 4,
 }
