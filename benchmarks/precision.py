@@ -40,6 +40,7 @@ from dfq.jobs import quant_config_from_options  # noqa: E402
 from dfq.jobs.plan import mixed_precision_record, plan_mixed_precision, widths_config  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from dfq.quant.sensitivity import Sensitivity, choose_widths  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
 
 SETS = {"deit_tiny": "runs/sets/smi500-dt-s1", "mobilenet_v1_025": "runs/sets/di200-mb"}
@@ -117,6 +118,11 @@ def run_mixed(args: argparse.Namespace) -> dict[str, Any]:
         q, plan = b.mixed(w4, b.calib, budget)
         rows_out.append({"config": f"mixed, budget {budget:g}", **plan, **b.score(q),
                          "plan_seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+        if args.score_plans:  # every ordering's plan on the real images too (the planner sees only held-out KL)
+            rows = [Sensitivity(**r) for r in plan["sensitivity"]]
+            for p in plan["plans"]:
+                widths = choose_widths(rows, budget, plan["uniform_held_kl"], by=p["by"], per_bit=p["per_bit"])
+                p["real"] = b.score(b.calibrated(widths_config(w4, widths), b.calib))
         print({k: v for k, v in rows_out[-1].items() if k not in ("sensitivity", "layers")}, flush=True)
     rows_out.append({"config": "uniform w8a8", "average_bits": 8.0, **b.score(b.calibrated(quant_config_from_options("w8a8"), b.calib))})
     return {"model": args.model, "rows": rows_out}
@@ -176,6 +182,7 @@ def main() -> int:
     ap.add_argument("--holdout", type=int, default=32, help="the set's last N images, never calibrated on")
     ap.add_argument("--budgets", type=float, nargs="+", default=[4.5, 5.0, 6.0])
     ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--score-plans", action="store_true", help="mixed: also score every ordering's plan on real images")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     start = snapshot()
