@@ -44,6 +44,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=ReconstructConfig.lr)
     ap.add_argument("--reg-weight", type=float, default=ReconstructConfig.reg_weight)
     ap.add_argument("--act-ranges", default="frozen", choices=["frozen", "learn"])
+    ap.add_argument("--site-calibrator", action="append", default=[], metavar="SITE=NAME",
+                    help="per-site activation calibrator, as dfq calibrate's option")
     ap.add_argument("--range-lr", type=float, default=ReconstructConfig.range_lr)
     ap.add_argument("--drop", type=float, default=0.0)
     ap.add_argument("--views", type=int, default=0, help="augmented copies of each calibration image")
@@ -64,7 +66,7 @@ def main() -> int:
         head = calib.images[: args.calib_images]
         set_info = set_record(calib, set_dir, calibrated_on=len(head))
     t1 = time.perf_counter()
-    qmodel = calibrated_copy(model, quant_config_from_options(args.scheme), lambda m: [m(x) for x in head.split(16)])
+    qmodel = calibrated_copy(model, quant_config_from_options(args.scheme, site_calibrators=tuple(args.site_calibrator)), lambda m: [m(x) for x in head.split(16)])
     ev = EvalData.from_tensors(images, labels, model)
     fp = evaluate_student(model, ev)
     calibrated = evaluate_student(qmodel, ev)
