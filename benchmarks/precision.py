@@ -8,6 +8,8 @@ set's last ``--holdout`` images (never calibrated on); per-layer widths chosen g
 
     python benchmarks/precision.py mixed --model deit_tiny --set-dir runs/sets/smi500-dt-s1 --out runs/mixed-dt
 
+``calibrators``: W8A8 with per-site activation calibrators on the same calibration images.
+
 ``estimate``: a list of configurations of DeiT-Tiny and MobileNet-v1 0.25 (schemes, calibrators,
 calibration sources, reconstruction, mixed precision), each scored by the held-out synthetic KL and by
 the KL on the real sample images; the Spearman rank correlation of the two, pooled and per model::
@@ -171,9 +173,29 @@ def run_estimate(args: argparse.Namespace) -> dict[str, Any]:
             "spearman_by_model": by_model}  # fmt: skip
 
 
+CALIBRATOR_ROWS = [
+    ("preset (minmax; softmax mse)", {}),
+    ("fc2_in mse", {"site_calibrators": ("fc2_in=mse",)}),
+    ("fc2_in percentile", {"site_calibrators": ("fc2_in=percentile",)}),
+    ("every site mse", {"calibrator": "mse"}),
+    ("every site entropy", {"calibrator": "entropy"}),
+    ("softmax minmax", {"site_calibrators": ("softmax=minmax",)}),
+]
+
+
+def run_calibrators(args: argparse.Namespace) -> dict[str, Any]:
+    """W8A8 with per-site calibrator choices on the same synthetic images: real and held-out KL."""
+    b = Bench(args.model, args.assets, args.set_dir or Path(SETS[args.model]), args.calib_images, args.holdout, args.batch)
+    rows = []
+    for label, options in CALIBRATOR_ROWS:
+        rows.append({"config": label, **b.score(b.calibrated(quant_config_from_options("w8a8", **options), b.calib))})
+        print(rows[-1], flush=True)
+    return {"model": args.model, "rows": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["mixed", "estimate"])
+    ap.add_argument("what", choices=["mixed", "estimate", "calibrators"])
     ap.add_argument("--assets", type=Path, default=default_assets())
     ap.add_argument("--model", default="deit_tiny", choices=list(SETS))
     ap.add_argument("--models", nargs="+", default=list(SETS), choices=list(SETS))
@@ -187,7 +209,7 @@ def main() -> int:
     args = ap.parse_args()
     start = snapshot()
     t0 = time.perf_counter()
-    report = run_mixed(args) if args.what == "mixed" else run_estimate(args)
+    report = {"mixed": run_mixed, "estimate": run_estimate, "calibrators": run_calibrators}[args.what](args)
     report = {"machine_load_start": start, "wall_seconds": round(time.perf_counter() - t0, 1),
               "calib_images": args.calib_images, "holdout": args.holdout, **report}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
