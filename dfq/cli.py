@@ -119,7 +119,8 @@ def _numerics() -> list[str]:
 @_model_options
 @click.option("--scheme", type=click.Choice(_schemes()), default="w8a8", show_default=True)
 @click.option("--numerics", type=click.Choice(_numerics()), default="trt", show_default=True,
-              help="trt: symmetric INT8 as TensorRT runs it; paper: PSAQ-ViT/SMI asymmetric activations.")
+              help="trt: symmetric INT8 as TensorRT runs it; paper: PSAQ-ViT/SMI asymmetric activations; "
+                   "fp8: E4M3 weights and activations (w8a8 only; calibrators minmax/percentile).")
 @click.option("--calibrator", type=click.Choice(calibrator_names()), default="minmax", show_default=True,
               help="Activation range calibrator.")
 @click.option("--site-calibrator", "site_calibrators", multiple=True, metavar="SITE=NAME",

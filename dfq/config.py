@@ -34,10 +34,20 @@ __all__ = [
     "preset",
     "for_onnxruntime",
     "CONFIG_VERSION",
+    "FORMATS",
+    "FP8_CALIBRATORS",
+    "NUMERICS",
     "check_keys",
 ]
 
 CONFIG_VERSION = 1
+
+FORMATS: tuple[str, ...] = ("int", "e4m3")
+"""Number formats of :attr:`QuantSpec.format`: integer codes, or FP8 E4M3 (:mod:`dfq.fp8`)."""
+NUMERICS: tuple[str, ...] = ("trt", "paper", "fp8", "custom")
+"""Labels of :attr:`QuantConfig.numerics`."""
+FP8_CALIBRATORS: tuple[str, ...] = ("minmax", "percentile")
+"""Calibrators whose range does not assume an integer grid (mse and entropy search one), so FP8 can use them."""
 
 VIT_SITES: tuple[str, ...] = (
     "image",  # normalized input image = patch-embed conv input
@@ -107,6 +117,9 @@ class QuantSpec:
         paper_scale: symmetric divisor ``(2^b - 1) / 2`` (PSAQ-ViT) instead of ``2^(b-1) - 1``.
         calibrator: registry name in :mod:`dfq.calibrators` (minmax, percentile, mse, entropy).
         calibrator_args: extra keyword arguments for the calibrator, as sorted ``(key, value)`` pairs.
+        format: number format of the quantized values: ``int`` (an integer code, the default) or
+            ``e4m3`` (FP8 E4M3, :mod:`dfq.fp8`: 8 bits, symmetric, scale ``amax / 448``); written to a
+            recipe only when not ``int``, so older recipes round-trip unchanged.
     """
 
     num_bits: int = 8
@@ -115,10 +128,21 @@ class QuantSpec:
     paper_scale: bool = False
     calibrator: str = "minmax"
     calibrator_args: tuple[tuple[str, Any], ...] = ()
+    format: str = "int"
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_bits, int) or not 2 <= self.num_bits <= 16:
             raise ValueError(f"num_bits must be an integer in [2, 16], got {self.num_bits!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format == "e4m3":
+            if self.num_bits != 8 or not self.symmetric or self.paper_scale:
+                raise ValueError("format e4m3 is 8-bit and symmetric (num_bits=8, symmetric=True, paper_scale=False)")
+            if self.calibrator not in FP8_CALIBRATORS:
+                raise ValueError(
+                    f"calibrator {self.calibrator!r} searches an integer grid; format e4m3 takes "
+                    f"{' or '.join(FP8_CALIBRATORS)}"
+                )
         if self.paper_scale and not self.symmetric:
             raise ValueError("paper_scale applies to symmetric specs only")
         if not self.calibrator or not isinstance(self.calibrator, str):
@@ -151,6 +175,8 @@ class QuantSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["calibrator_args"] = dict(self.calibrator_args)
+        if self.format == "int":
+            del d["format"]
         return d
 
     @classmethod
@@ -179,7 +205,7 @@ class QuantConfig:
         layer_weight_bits: per-layer weight widths that replace ``weight.num_bits`` for the named layers,
             ``(qualified layer name, bits)`` pairs (mixed precision, e.g. ``(("blocks.0.mlp.fc2", 8),)``);
             a name that matches no quantized layer is an error when the model is quantized.
-        numerics: label of the numerics family, ``trt``, ``paper`` or ``custom`` (reports, export checks).
+        numerics: label of the numerics family, ``trt``, ``paper``, ``fp8`` or ``custom`` (reports, export checks).
         name: preset name, informational.
         version: schema version of this recipe.
     """
@@ -214,6 +240,8 @@ class QuantConfig:
         if bad:
             raise ValueError(f"site_calibrators names unknown site(s) {sorted(bad)}")
         object.__setattr__(self, "site_calibrators", overrides)
+        for _, name in overrides:
+            dataclasses.replace(self.act, calibrator=name)  # the spec validates the calibrator (e4m3: no grid search)
         widths = self.layer_weight_bits
         if isinstance(widths, Mapping):
             widths = tuple(widths.items())
@@ -229,8 +257,8 @@ class QuantConfig:
             object.__setattr__(self, "bias_correction", BiasCorrection(self.bias_correction))
         except ValueError:
             raise ValueError(f"bias_correction must be auto, on or off, got {self.bias_correction!r}") from None
-        if self.numerics not in ("trt", "paper", "custom"):
-            raise ValueError(f"numerics must be trt, paper or custom, got {self.numerics!r}")
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, got {self.numerics!r}")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"recipe version {self.version} is not supported (this dfq reads {CONFIG_VERSION})")
 
@@ -315,11 +343,25 @@ def _paper(weight_bits: int) -> QuantConfig:
     )
 
 
+def _fp8() -> QuantConfig:
+    # E4M3 everywhere TensorRT quantizes INT8 (same sites); min/max ranges onto 448. FP8 keeps 3 mantissa
+    # bits at every magnitude, so the softmax probabilities need no MSE range as they do on the INT8 grid.
+    e4m3 = QuantSpec(num_bits=8, symmetric=True, format="e4m3")
+    return QuantConfig(
+        weight=dataclasses.replace(e4m3, per_channel=True),
+        act=e4m3,
+        act_sites=TRT_VIT_SITES | frozenset(CNN_SITES),
+        numerics="fp8",
+        name="w8a8-fp8",
+    )
+
+
 presets: dict[str, QuantConfig] = {
     "w8a8": _trt(8),
     "w4a8": _trt(4),
     "w8a8-paper": _paper(8),
     "w4a8-paper": _paper(4),
+    "w8a8-fp8": _fp8(),
 }
 
 
@@ -343,12 +385,12 @@ TARGETS: dict[str, Callable[[QuantConfig], QuantConfig]] = {"trt": lambda c: c, 
 
 
 def preset(scheme: str, numerics: str = "trt") -> QuantConfig:
-    """The preset for ``scheme`` (``w8a8`` | ``w4a8``) in ``numerics`` (``trt`` | ``paper``).
+    """The preset for ``scheme`` (``w8a8`` | ``w4a8``) in ``numerics`` (``trt`` | ``paper`` | ``fp8``, w8a8 only).
 
-    >>> preset("w4a8").weight.num_bits, preset("w4a8", "paper").act.symmetric
-    (4, False)
+    >>> preset("w4a8").weight.num_bits, preset("w4a8", "paper").act.symmetric, preset("w8a8", "fp8").act.format
+    (4, False, 'e4m3')
     """
     key = scheme.lower() if numerics == "trt" else f"{scheme.lower()}-{numerics}"
     if key not in presets:
-        raise ValueError(f"unknown scheme/numerics {scheme!r}/{numerics!r}; schemes: w8a8, w4a8; numerics: trt, paper")
+        raise ValueError(f"unknown scheme/numerics {scheme!r}/{numerics!r}; presets: {', '.join(presets)} (scheme-numerics)")
     return presets[key]

@@ -5,7 +5,8 @@ Modes:
 * ``off`` -- identity.
 * ``calibrate`` -- identity that feeds every tensor it sees to its calibrator (float forward, as
   in PSAQ-ViT/ModelOpt: all ranges come from the unquantized model).
-* ``quantize`` -- fake-quantize with the calibrated range (``dfq.numerics.fake_quantize``).
+* ``quantize`` -- fake-quantize with the calibrated range (``dfq.numerics.fake_quantize``, or
+  ``dfq.fp8.fake_quantize_fp8`` for a spec whose ``format`` is ``e4m3``: scale ``amax / 448``).
 
 The range is stored as two buffers ``lo``/``hi`` (0-dim per tensor, ``(C,)`` per channel), so a
 ``state_dict`` holds the whole calibration result. Whether the range is set is kept on the Python
@@ -29,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dfq import numerics
+from dfq import fp8, numerics
 from dfq.calibrators import Calibrator, get_calibrator
 from dfq.config import QuantSpec
 
@@ -122,7 +123,10 @@ class FakeQuantizer(nn.Module):
 
         Raises:
             RuntimeError: the quantizer is not calibrated.
+            ValueError: an FP8 (e4m3) quantizer (LSQ's step-size gradient is for integer grids).
         """
+        if enabled and self.spec.format != "int":
+            raise ValueError(f"quantizer {self.site or ''} is {self.spec.format}: learned ranges are for integer grids")
         if not self._calibrated:
             raise RuntimeError(f"quantizer {self.site or ''} is not calibrated: calibrate before learning its range")
         lo, hi = self.lo.detach().clone(), self.hi.detach().clone()
@@ -172,7 +176,14 @@ class FakeQuantizer(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def qparams(self) -> tuple[Tensor, Tensor, int, int]:
-        """``(scale, zero_point, qmin, qmax)`` of the calibrated range."""
+        """``(scale, zero_point, qmin, qmax)`` of the calibrated range.
+
+        For an ``e4m3`` spec: ``(amax / 448, 0, -448, 448)``, the bounds being the largest E4M3 values
+        (the quantized values are E4M3 numbers, not integer codes).
+        """
+        if self.spec.format == "e4m3":
+            scale = fp8.fp8_scale(torch.maximum(self.lo.abs(), self.hi.abs()))
+            return scale, torch.zeros_like(scale), -int(fp8.E4M3_MAX), int(fp8.E4M3_MAX)
         return numerics.qparams_from_range(
             self.lo, self.hi, self.spec.num_bits, self.spec.symmetric, paper=self.spec.paper_scale
         )
@@ -188,6 +199,8 @@ class FakeQuantizer(nn.Module):
                 f"quantizer {self.site or ''} is not calibrated: run dfq.calibrate(model, forward_loop) first"
             )
         scale, zero_point, qmin, qmax = self.qparams()
+        if self.spec.format == "e4m3":
+            return fp8.fake_quantize_fp8(x, scale, self.axis)
         if self._learned and torch.is_grad_enabled():
             per_scale = x.numel() // max(scale.numel(), 1)
             grad_scale = 1.0 / math.sqrt(max(per_scale, 1) * max(qmax, 1))
@@ -196,7 +209,7 @@ class FakeQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         s = self.spec
-        kind = "sym" if s.symmetric else "asym"
+        kind = "e4m3" if s.format == "e4m3" else "sym" if s.symmetric else "asym"
         gran = f"axis={self.axis}" if self.axis is not None else "per-tensor"
         return f"site={self.site!r}, role={self.role.value}, {s.num_bits}-bit {kind} {gran}, calibrator={s.calibrator}, mode={self.mode}" + (
             ", learned range" if self._learned else ""

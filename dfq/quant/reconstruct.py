@@ -39,7 +39,7 @@ from dfq.augment import resized_crop_flip
 from dfq.checkpointing import StateFile, run_identity, to_cpu
 from dfq.errors import DfqError
 from dfq.quant.calibrate import activation_quantizers, quantizers_off
-from dfq.quant.modules import QuantLayer
+from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer
 from dfq.rounding import beta_at, init_rounding, rectified_sigmoid, rounded_weight, rounding_penalty
 
@@ -340,7 +340,7 @@ def reconstruct(
         One :class:`UnitReport` per unit (those finished before a resume included).
 
     Raises:
-        DfqError: nothing to reconstruct, a checkpoint of another run.
+        DfqError: nothing to reconstruct, an FP8 model, a checkpoint of another run.
     """
     config = config or ReconstructConfig()
     units = reconstruction_units(model, config.units)
@@ -348,6 +348,8 @@ def reconstruct(
         raise DfqError("nothing to reconstruct: the model has no quantized weight (dfq.quantize_ and dfq.calibrate first)")
     if len(images) < 1:
         raise DfqError("reconstruction needs at least one calibration image")
+    if any(q.spec.format != "int" for q in quantizers(model)):
+        raise DfqError("reconstruction learns rounding on an integer grid; FP8 (e4m3) models are not supported")
     was_training = model.training
     model.eval()
     state = None
