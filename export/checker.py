@@ -13,6 +13,9 @@ This module owns :func:`check_onnx`, run on every export. Each broken rule is a 
   quantized op; ``trt`` numerics never place one).
 * Softmax, LayerNormalization and GELU must not be wrapped (DQ on their input *and* Q on their
   output), which would ask for an INT8 implementation of a float op.
+* FP8: a FLOAT8E4M3FN zero-point makes a Q/DQ FP8; it needs opset >= 19, a float32 scale and a
+  zero-point of 0; other FP8 types (E5M2, the FNUZ variants) are errors for ``target="trt"``
+  (TensorRT's FP8 is E4M3FN). Placement, axis and per-tensor rules are those of INT8.
 * Ops outside the supported list are warnings (TensorRT's ONNX parser may still handle them).
 """
 
@@ -44,6 +47,9 @@ SUPPORTED_OPS = frozenset(
      "Equal", "Where", "Clip", "HardSigmoid", "HardSwish", "Pad", "Range", "Tile", "Neg", "Resize"}
 )  # fmt: skip
 WEIGHTED_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+FP8_TYPES = frozenset({"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"})
+"""numpy (ml_dtypes) names of the ONNX FLOAT8 types; TensorRT runs ``float8_e4m3fn`` only."""
+FP8_MIN_OPSET = 19
 FLOAT_ONLY_OPS = frozenset({"Softmax", "LayerNormalization", "Gelu"})
 
 
@@ -127,12 +133,36 @@ def check_model(model: onnx.ModelProto, target: Literal["trt", "ort"] = "trt") -
             if src is not None and src.op_type == "DequantizeLinear" and qs:
                 sev: Severity = "error" if target == "trt" else "warning"
                 out.append(Finding(sev, f"{op} is wrapped between DQ and Q: it must stay in float", name))
+    out += _check_fp8_opset(model, consts)
     for op in sorted(unsupported):
         out.append(
             Finding("warning", f"op {op} is outside dfq's supported list (TensorRT may still parse it)", op)
         )
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(out, key=lambda f: order[f.severity])
+
+
+def _check_fp8_opset(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> list[Finding]:
+    """FP8 Q/DQ exist from opset 19 on (one finding for the whole graph)."""
+    if not any(a.dtype.name in FP8_TYPES for a in consts.values()):
+        return []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= FP8_MIN_OPSET:
+        return []
+    return [Finding("error", f"FP8 tensors need opset >= {FP8_MIN_OPSET} (QuantizeLinear-19), got {opset}")]
+
+
+def _check_fp8(op: str, name: str, scale: np.ndarray | None, zp: np.ndarray, target: str) -> list[Finding]:
+    """An FP8 Q/DQ (``zp`` of a FLOAT8 type): E4M3FN for TensorRT, float32 scale, zero-point 0."""
+    out: list[Finding] = []
+    if zp.dtype.name != "float8_e4m3fn" and target == "trt":
+        out.append(Finding("error", f"{op} is {zp.dtype.name}; TensorRT's FP8 is E4M3FN", name))
+    if scale is not None and scale.dtype != np.float32:
+        out.append(Finding("error", f"FP8 {op} scale must be float32, got {scale.dtype}", name))
+    values = zp.astype(np.float32)
+    if np.any(values != 0):
+        out.append(Finding("error", f"FP8 {op} zero-point must be 0 (got {values.ravel()[:4].tolist()})", name))
+    return out
 
 
 def _check_qdq(
@@ -153,7 +183,9 @@ def _check_qdq(
             Finding("error", f"{op} scale must be positive and finite (min {np.min(scale):.3g})", name)
         )
     zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if target == "trt":
+    if zp is not None and zp.dtype.name in FP8_TYPES:
+        out += _check_fp8(op, name, scale, zp, target)
+    elif target == "trt":
         if zp is not None and zp.dtype == np.uint8:
             out.append(
                 Finding(

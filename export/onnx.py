@@ -14,6 +14,9 @@ This module owns the ONNX artifact ``model.qdq.onnx``:
   half the file size, no float copy for TensorRT/ORT to constant-fold, and the integer codes are
   inspectable. Per output channel: Conv weights ``(O, I, kh, kw)`` axis 0, MatMul weights stored
   ``(in, out)`` axis 1. Bias (minus any bias-correction term, folded here) stays float.
+* **FP8.** A model whose quantizers are all ``e4m3`` is traced the same way (INT8 stand-ins carrying
+  the FP8 scales ``amax / 448``); post-processing gives every Q/DQ a FLOAT8E4M3FN zero-point 0 and
+  stores the weights as E4M3 initializers feeding ``DequantizeLinear`` (opset 19, IR version 9).
 * **Opset.** 17 by default: the first with ``LayerNormalization`` (one TensorRT layer instead of a
   ReduceMean chain) and per-axis Q/DQ (since 13). ``fp16_remainder`` uses 19 (Q/DQ take FP16 inputs
   and scales, so no Cast pairs around each Q/DQ); ``int4_weights`` uses 21 (INT4 and blocked DQ).
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 FP16_OPSET = 19
+FP8_OPSET = 19
 INT4_OPSET = 21
 _EXPORTER_RANGES = {(-128, 127), (0, 255)}
 
@@ -67,6 +71,8 @@ class _ExportQDQ(nn.Module):
                 f"activation quantizer {fq.site!r} is per-channel; ONNX export needs per-tensor activations"
             )
         scale, zp, qmin, qmax = fq.qparams()
+        if fq.spec.format == "e4m3":  # traced as INT8 Q/DQ with the FP8 scale; postprocess retypes it
+            qmin, qmax = -128, 127
         if (qmin, qmax) not in _EXPORTER_RANGES:
             raise DfqError(
                 f"activation quantizer {fq.site!r} has a {fq.spec.num_bits}-bit range; only 8-bit activations export"
@@ -195,6 +201,18 @@ def target_of(model: nn.Module) -> Literal["trt", "ort"]:
     return "trt" if all(runnable) else "ort"
 
 
+def _is_fp8(model: nn.Module) -> bool:
+    """True when every active quantizer is E4M3 (an FP8 export), False when all are integer.
+
+    Raises:
+        DfqError: FP8 and integer quantizers mixed in one model.
+    """
+    formats = {q.spec.format for q in quantizers(model) if q.mode == "quantize"}
+    if len(formats) > 1:
+        raise DfqError(f"the model mixes quantization formats {sorted(formats)}; export supports one per model")
+    return formats == {"e4m3"}
+
+
 def _weight_bits(model: nn.Module) -> int:
     bits = [q.spec.num_bits for q in quantizers(model) if q.role is Role.WEIGHT and q.mode == "quantize"]
     return max(bits) if bits else 32
@@ -217,7 +235,7 @@ def export_onnx(
         model: a model prepared by ``dfq.quantize_`` and calibrated (CPU or CUDA; exported on CPU).
         path: output ``.onnx`` file.
         input_shape: ``(C, H, W)`` of one image (the batch dimension is dynamic).
-        opset: ONNX opset; default 17 (19 with ``fp16_remainder``, 21 with ``int4_weights``).
+        opset: ONNX opset; default 17 (19 with ``fp16_remainder`` or FP8, 21 with ``int4_weights``).
         fp16_remainder: store the unquantized remainder (activations, biases, LayerNorm, scales) in FP16.
         int4_weights: Linear/MatMul weights as INT4 weight-only DQ (needs <= 4-bit weights; the inputs
             of those MatMuls lose their activation Q/DQ: W4A16, what TensorRT can run).
@@ -241,14 +259,17 @@ def export_onnx(
     target = target_of(model)
     if fp16_remainder and target != "trt":
         raise DfqError("fp16_remainder is for TensorRT (trt numerics); paper numerics export in FP32")
-    want = INT4_OPSET if int4_weights else FP16_OPSET if fp16_remainder else DEFAULT_OPSET
+    fp8 = _is_fp8(model)
+    if fp8 and fp16_remainder:
+        raise DfqError("fp16_remainder is not supported for FP8 exports yet (FP8 Q/DQ keep float32 scales)")
+    want = INT4_OPSET if int4_weights else FP16_OPSET if fp16_remainder else FP8_OPSET if fp8 else DEFAULT_OPSET
     opset = opset or want
     if opset < want:
         raise DfqError(f"opset {opset} is too old for these options; use >= {want}")
     proto = _trace(model, tuple(input_shape), min(opset, 20))
     from dfq.export.onnx_passes import postprocess
 
-    proto = postprocess(proto, opset=opset, fp16_remainder=fp16_remainder, int4_weights=int4_weights)
+    proto = postprocess(proto, opset=opset, fp16_remainder=fp16_remainder, int4_weights=int4_weights, fp8=fp8)
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))

@@ -19,11 +19,22 @@ if TYPE_CHECKING:
     import onnx
 
 def postprocess(
-    proto: onnx.ModelProto, *, opset: int, fp16_remainder: bool = False, int4_weights: bool = False
+    proto: onnx.ModelProto,
+    *,
+    opset: int,
+    fp16_remainder: bool = False,
+    int4_weights: bool = False,
+    fp8: bool = False,
 ) -> onnx.ModelProto:
-    """Constants to initializers, weight Q folded into integer initializers, Q/DQ deduplicated, options."""
+    """Constants to initializers, weight Q folded into integer (or FP8) initializers, Q/DQ deduplicated, options.
+
+    ``fp8``: every Q/DQ pair becomes FLOAT8E4M3FN (:func:`_to_fp8`) before the weights are folded, so
+    weights are stored as E4M3 initializers feeding DequantizeLinear.
+    """
     _constants_to_initializers(proto)
     _remove_identity(proto)
+    if fp8:
+        _to_fp8(proto)
     _fold_weight_quantize(proto)
     _dedupe(proto, "QuantizeLinear")
     _dedupe(proto, "DequantizeLinear")
@@ -34,7 +45,41 @@ def postprocess(
     if fp16_remainder:
         _to_fp16(proto)
     _prune(proto)
+    if fp8:  # FLOAT8 types need IR >= 9; ONNX Runtime 1.31 refuses the newest IR (14) that onnx may stamp
+        import onnx
+
+        proto.ir_version = max(FP8_IR_VERSION, onnx.helper.find_min_ir_version_for(list(proto.opset_import), True))
     return proto
+
+
+FP8_IR_VERSION = 9
+"""The first ONNX IR version with FLOAT8 types (onnx 1.14); what an opset-19 FP8 export is stamped with."""
+
+
+def _to_fp8(proto: onnx.ModelProto) -> None:
+    """Every QuantizeLinear/DequantizeLinear gets a FLOAT8E4M3FN zero-point 0 of its old zero-point's shape.
+
+    The tracer wrote the FP8 quantizers as INT8 Q/DQ with their FP8 scales (``amax / 448``); the
+    zero-point's type is what makes ONNX Q/DQ FP8 (opset >= 19; ``saturate=1``, the default, clamps at
+    +-448 as :mod:`dfq.fp8` does).
+    """
+    import onnx
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        old = inits.get(node.input[2])
+        if old is None:
+            raise DfqError(f"{node.op_type} {node.name} has no constant zero-point to make FP8")
+        name = f"{old.name}_e4m3"
+        if name not in inits:
+            n = int(np.prod(old.dims)) if old.dims else 1
+            t = onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT8E4M3FN, list(old.dims), [0.0] * n)
+            g.initializer.append(t)
+            inits[name] = t
+        node.input[2] = name
 
 
 def _remove_identity(proto: onnx.ModelProto) -> None:
@@ -98,9 +143,12 @@ def _broadcast(param: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 
 
 def quantize_array(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> np.ndarray:
-    """ONNX QuantizeLinear in numpy: ``saturate(round_half_even(x / scale) + zp)`` in zp's dtype."""
+    """ONNX QuantizeLinear in numpy: ``saturate(round_half_even(x / scale) + zp)`` in zp's dtype
+    (integer, or FP8 E4M3FN with zero-point 0: saturated at +-448, then ml_dtypes' nearest-even cast)."""
     axis = axis % max(x.ndim, 1)
     s = _broadcast(scale.astype(np.float32), x.ndim, axis)
+    if zp.dtype.name == "float8_e4m3fn":
+        return np.clip(x.astype(np.float32) / s, -448.0, 448.0).astype(zp.dtype)
     z = _broadcast(zp.astype(np.int32), x.ndim, axis)
     info = np.iinfo(zp.dtype)
     return np.clip(np.rint(x.astype(np.float32) / s) + z, info.min, info.max).astype(zp.dtype)

@@ -87,8 +87,9 @@ def ort_predictor(
         providers: execution providers in priority order (default: CPU only).
         threads: intra-op threads (default: ONNX Runtime's choice).
         optimized_model_path: also write the graph after ORT's optimizations (shows what it fused).
-        optimize: apply ORT's graph optimizations (Q/DQ fusion into integer kernels among them);
-            False runs every node as written (a reference for how much fusion alone moves results).
+        optimize: apply ORT's graph optimizations (Q/DQ fusion into integer kernels among them, except
+            in FP8 graphs, where ORT 1.31's fusion produces an invalid graph); False runs every node as
+            written (a reference for how much fusion alone moves results).
 
     Returns:
         An :class:`OrtPredictor`; ``.providers`` lists what is really active.
@@ -101,6 +102,8 @@ def ort_predictor(
         options.intra_op_num_threads = threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif _has_fp8(path):  # ORT 1.31 fuses FP8 DQ -> MatMul into MatMulIntegerToFloat, then rejects its own graph
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     available = ort.get_available_providers()
@@ -122,6 +125,14 @@ def ort_predictor(
             )
     log.info("ONNX Runtime session on %s", pred.providers)
     return pred
+
+
+def _has_fp8(path: str | Path) -> bool:
+    """Whether the graph holds FLOAT8E4M3FN tensors (an FP8 Q/DQ export); reads the file without external data."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)
 
 
 def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
