@@ -251,13 +251,14 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
                 request.model, request.checkpoint, request.pretrained, device, model, request.data_overrides
             )
         cfg = job_model.data_cfg
+        if held_saved is not None:  # before a long inversion, not after it
+            check_set_matches(held_saved, job_model.identity, str(request.holdout_set))
         with _timer(timings, "calibration_data"):
             resolved = resolve_source(plan, job_model, device=device, progress=request.progress)
         explicit = request.holdout is not None or request.weight_bits_budget is not None
         calib, held = split_holdout(resolved.calib, request.holdout_images, required=made or explicit)
         held_source = _describe(request.source)
         if held_saved is not None:
-            check_set_matches(held_saved, job_model.identity, str(request.holdout_set))
             if image_digests(held_saved.images) & image_digests(calib.images):
                 raise DfqError(
                     f"--holdout-set {request.holdout_set} holds calibration images; hold out other images"
@@ -323,8 +324,9 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         if held is not None and fp_held is not None:
             report["estimate"] = estimate(qmodel, fp_held, held, held_source, request.batch_size)
         elif request.eval_folder is None:
-            report["estimate"] = {"skipped": f"the set has {len(calib)} images, too few to hold {DEFAULT_HOLDOUT} out; "
-                                             "pass --holdout-set DIR or --eval-folder DIR"}  # fmt: skip
+            why = ("--holdout 0" if request.holdout == 0 else
+                   f"the set has {len(calib)} images, too few to hold {request.holdout_images} out")  # fmt: skip
+            report["estimate"] = {"skipped": f"{why}; pass --holdout N, --holdout-set DIR or --eval-folder DIR"}
         if request.eval_folder is not None:
             with _timer(timings, "evaluate"):
                 report.update(evaluate_pair(qmodel, job_model.module, request.eval_folder, cfg,

@@ -58,6 +58,11 @@ def test_default_holdout_and_small_sets(tmp_path, noise_set, capsys):
     code, stdout, err = run_cli([*BASE, "--calib-set", str(noise_set), "--out", str(tmp_path / "b"), "--json"], capsys)
     assert code == 0, err
     assert "too few" in json.loads(stdout)["estimate"]["skipped"]  # 6 images cannot spare 8: said, not faked
+    code, stdout, err = run_cli([*BASE, "--inversion", "noise", "--num-images", "2", "--holdout", "0",
+                                 "--out", str(tmp_path / "z"), "--json"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["estimate"]["skipped"].startswith("--holdout 0")
+    assert not (tmp_path / "z" / "holdout").exists()
     assert len(CalibrationSet.load(tmp_path / "b" / "calibration")) == 6
     code, _, err = run_cli([*BASE, "--calib-set", str(noise_set), "--holdout", "6", "--out", str(tmp_path / "c")], capsys)
     _one_line_error(code, err)
