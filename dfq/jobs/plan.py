@@ -25,8 +25,15 @@ from dfq import atomic
 from dfq.config import QuantConfig
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
-from dfq.evaluation import batched_logits, classification_metrics, per_image_kl
-from dfq.quant.sensitivity import ORDERINGS, Sensitivity, average_weight_bits, choose_widths, sensitivity
+from dfq.evaluation import batched_logits, classification_metrics
+from dfq.quant.sensitivity import (
+    ORDERINGS,
+    Sensitivity,
+    average_weight_bits,
+    choose_widths,
+    mean_kl,
+    sensitivity,
+)
 
 __all__ = [
     "DEFAULT_HOLDOUT",
@@ -134,7 +141,7 @@ def plan_mixed_precision(
         if any(w == widths for w, _, _ in tried):
             continue
         model = build(widths)
-        kl = float(per_image_kl(fp_logits, batched_logits(model, held.images, batch_size)).mean())
+        kl = mean_kl(model, held.images, fp_logits, batch_size)
         record = {"by": by, "per_bit": per_bit, "promoted": sum(widths[r.name] != r.bits for r in rows),
                   "average_bits": round(average_weight_bits(numels, widths), 4), "held_kl": kl}  # fmt: skip
         tried.append((widths, model, record))

@@ -31,7 +31,7 @@ from dfq.evaluation import batched_logits, per_image_kl
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer, Role
 
-__all__ = ["Sensitivity", "sensitivity", "choose_widths", "average_weight_bits", "Kind", "ORDERINGS"]
+__all__ = ["Sensitivity", "sensitivity", "choose_widths", "average_weight_bits", "mean_kl", "Kind", "ORDERINGS"]
 
 Kind = Literal["weight", "act"]
 
@@ -69,7 +69,8 @@ def _groups(model: nn.Module, kinds: Iterable[Kind]) -> list[tuple[str, Kind, Fa
     return found
 
 
-def _kl(model: nn.Module, images: Tensor, reference: Tensor, batch_size: int) -> float:
+def mean_kl(model: nn.Module, images: Tensor, reference: Tensor, batch_size: int) -> float:
+    """Mean KL(reference ‖ model) over ``images`` (``reference``: logits on the same images)."""
     return float(per_image_kl(reference, batched_logits(model, images, batch_size)).mean())
 
 
@@ -114,17 +115,17 @@ def sensitivity(
         ref = reference_logits if reference_logits is not None else batched_logits(model, images, batch_size)
         for q, mode in zip(every, saved, strict=True):
             q.mode = mode
-        baseline = _kl(model, images, ref, batch_size)
+        baseline = mean_kl(model, images, ref, batch_size)
         rows = []
         for name, kind, q, numel in tqdm(groups, desc="sensitivity", disable=not progress):
             others = [(o, m) for o, m in zip(every, saved, strict=True) if o is not q]
             for o, _ in others:
                 o.mode = "off"
-            alone = _kl(model, images, ref, batch_size)
+            alone = mean_kl(model, images, ref, batch_size)
             for o, m in others:
                 o.mode = m
             q.mode = "off"
-            dropped = _kl(model, images, ref, batch_size)
+            dropped = mean_kl(model, images, ref, batch_size)
             q.mode = "quantize"
             rows.append(Sensitivity(name, kind, q.site, q.spec.num_bits, numel, alone, dropped))
     finally:
