@@ -34,6 +34,7 @@ from dfq.jobs import quant_config_from_options  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
+from dfq.vit import forward_tokens  # noqa: E402
 
 
 def main() -> int:
@@ -49,6 +50,8 @@ def main() -> int:
     ap.add_argument("--range-lr", type=float, default=ReconstructConfig.range_lr)
     ap.add_argument("--drop", type=float, default=0.0)
     ap.add_argument("--views", type=int, default=0, help="augmented copies of each calibration image")
+    ap.add_argument("--kept-tokens", action="store_true",
+                    help="SMI sets: calibrate and reconstruct on each image's kept tokens only")  # fmt: skip
     ap.add_argument("--real-calib", type=int, default=0,
                     help="reference run: calibrate and reconstruct on the LAST N sample images instead of a "
                          "synthetic set, and score on the others")  # fmt: skip
@@ -65,8 +68,21 @@ def main() -> int:
         calib, set_dir = set_from_args(args, model, cfg)
         head = calib.images[: args.calib_images]
         set_info = set_record(calib, set_dir, calibrated_on=len(head))
+    keep = None
+    if args.kept_tokens:
+        if args.real_calib or calib.keep_index is None:
+            sys.exit("error: --kept-tokens needs a sparse (SMI) set")
+        keep = calib.keep_index[: args.calib_images]
+        set_info["kept_tokens"] = keep.shape[1]
     t1 = time.perf_counter()
-    qmodel = calibrated_copy(model, quant_config_from_options(args.scheme, site_calibrators=tuple(args.site_calibrator)), lambda m: [m(x) for x in head.split(16)])
+
+    def forward(m):
+        if keep is None:
+            return [m(x) for x in head.split(16)]
+        return [forward_tokens(m, x, k) for x, k in zip(head.split(16), keep.split(16), strict=True)]
+
+    qcfg = quant_config_from_options(args.scheme, site_calibrators=tuple(args.site_calibrator))
+    qmodel = calibrated_copy(model, qcfg, forward)
     ev = EvalData.from_tensors(images, labels, model)
     fp = evaluate_student(model, ev)
     calibrated = evaluate_student(qmodel, ev)
@@ -76,7 +92,7 @@ def main() -> int:
                              views=args.views)  # fmt: skip
     t2 = time.perf_counter()
     units = reconstruct(qmodel, head, rcfg, checkpoint=args.out / "reconstruct.ckpt",
-                        on_unit=lambda r: print(r, flush=True))  # fmt: skip
+                        on_unit=lambda r: print(r, flush=True), keep_index=keep)  # fmt: skip
     t3 = time.perf_counter()
     final = evaluate_student(qmodel, ev)
     report = {

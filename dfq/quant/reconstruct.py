@@ -42,6 +42,7 @@ from dfq.quant.calibrate import activation_quantizers, quantizers_off
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer
 from dfq.rounding import beta_at, init_rounding, rectified_sigmoid, rounded_weight, rounding_penalty
+from dfq.vit import check_model, forward_tokens
 
 __all__ = ["ReconstructConfig", "BLOCK_TYPES", "reconstruction_units", "reconstruct", "UnitReport", "with_views"]
 
@@ -158,10 +159,17 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def _record(
-    model: nn.Module, unit: nn.Module, images: Tensor, batch: int, inputs: bool, outputs: bool
+    model: nn.Module,
+    unit: nn.Module,
+    images: Tensor,
+    batch: int,
+    inputs: bool,
+    outputs: bool,
+    keep_index: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """The input and/or output of ``unit`` for every image, on the CPU, from one forward of ``model``
-    per batch that stops at the unit (None for what was not asked)."""
+    per batch that stops at the unit (None for what was not asked); with ``keep_index`` the forward
+    is :func:`dfq.vit.forward_tokens` on each image's kept tokens."""
     got_in: list[Tensor] = []
     got_out: list[Tensor] = []
 
@@ -176,10 +184,14 @@ def _record(
 
     handle = unit.register_forward_hook(hook)
     device = next(model.parameters()).device
+    keeps = keep_index.split(batch) if keep_index is not None else [None] * len(images.split(batch))
     try:
-        for x in images.split(batch):
+        for x, keep in zip(images.split(batch), keeps, strict=True):
             try:
-                model(x.to(device))
+                if keep is None:
+                    model(x.to(device))
+                else:
+                    forward_tokens(model, x.to(device), keep.to(device))
             except _Stop:
                 pass
     finally:
@@ -323,6 +335,7 @@ def reconstruct(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     on_unit: Callable[[UnitReport], None] | None = None,
+    keep_index: Tensor | None = None,
 ) -> list[UnitReport]:
     """Reconstruct a calibrated fake-quant ``model`` in place, unit by unit, on ``images`` (N, C, H, W).
 
@@ -335,12 +348,17 @@ def reconstruct(
             after its last finished unit (same weights, images and config).
         progress: a progress bar over all units' steps.
         on_unit: called with each unit's report.
+        keep_index: int64 ``(N, k)`` kept token ids per image (a sparse SMI set's
+            :attr:`dfq.data.CalibrationSet.keep_index`): the transformer blocks are then fitted on
+            the kept tokens only (:func:`dfq.vit.forward_tokens`), not on the patches the inversion
+            stopped optimizing. Needs a CLS ViT; not with ``views``.
 
     Returns:
         One :class:`UnitReport` per unit (those finished before a resume included).
 
     Raises:
-        DfqError: nothing to reconstruct, an FP8 model, a checkpoint of another run.
+        DfqError: nothing to reconstruct, an FP8 model, a checkpoint of another run, a
+            ``keep_index`` that does not fit the images or the model, or one with ``views``.
     """
     config = config or ReconstructConfig()
     units = reconstruction_units(model, config.units)
@@ -350,12 +368,18 @@ def reconstruct(
         raise DfqError("reconstruction needs at least one calibration image")
     if any(q.spec.format != "int" for q in quantizers(model)):
         raise DfqError("reconstruction learns rounding on an integer grid; FP8 (e4m3) models are not supported")
+    if keep_index is not None:
+        if config.views:
+            raise DfqError("views crop and flip the images, so their kept tokens no longer apply: use one or the other")
+        if keep_index.ndim != 2 or len(keep_index) != len(images):
+            raise DfqError(f"keep_index must be ({len(images)}, k), got {tuple(keep_index.shape)}")
+        check_model(model)
     was_training = model.training
     model.eval()
     state = None
     if checkpoint is not None:
-        identity = run_identity(model, "reconstruct", config, config.seed,
-                                images=_fingerprint(images))  # fmt: skip
+        fingerprint = _fingerprint(images) + ("" if keep_index is None else _fingerprint(keep_index))
+        identity = run_identity(model, "reconstruct", config, config.seed, images=fingerprint)
         state = StateFile(Path(checkpoint), "reconstruct", 1, identity)
     saved = state.load() if state is not None else None
     reference = copy.deepcopy(model)  # float weights kept for the targets (quantizers off)
@@ -373,9 +397,10 @@ def reconstruct(
             if i < done:
                 continue
             with quantizers_off(reference):
-                x, y = _record(reference, fp_units[name], images, config.batch_size, config.inputs == "fp", True)
+                x, y = _record(reference, fp_units[name], images, config.batch_size, config.inputs == "fp", True,
+                               keep_index)  # fmt: skip
             if x is None:
-                x, _ = _record(model, unit, images, config.batch_size, True, False)
+                x, _ = _record(model, unit, images, config.batch_size, True, False, keep_index)
             report = _train_unit(name, unit, x, y, config, config.seed * 100003 + i, bar)
             reports.append(report)
             if on_unit is not None:

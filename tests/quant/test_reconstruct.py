@@ -159,3 +159,32 @@ def test_views_widen_the_fitted_images_deterministically() -> None:
     assert v.shape[0] == 12 and not torch.equal(v[4:8], x) and not torch.equal(v[4:8], v[8:])
     with pytest.raises(ValueError, match="views"):
         ReconstructConfig(views=-1)
+
+
+def test_kept_tokens_all_kept_is_the_dense_reconstruction_and_fewer_change_it() -> None:
+    model = _model("test_vit")
+    x = _images(8)
+    q = _calibrated(model, x)
+    n_tokens = 1 + (64 // 16) ** 2
+    dense, every, some = copy.deepcopy(q), copy.deepcopy(q), copy.deepcopy(q)
+    reconstruct(dense, x, FAST, progress=False)
+    reconstruct(every, x, FAST, progress=False, keep_index=torch.arange(n_tokens).repeat(8, 1))
+    for a, b in zip(dense.state_dict().values(), every.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    keep = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(16)[:5].sort().values + 1])
+                        for _ in range(8)])  # fmt: skip
+    reports = reconstruct(some, x, FAST, progress=False, keep_index=keep)
+    assert all(r.error_after < r.error_before for r in reports if r.name.startswith("blocks"))
+    changed = [k for k, v in some.state_dict().items() if not torch.equal(v, dense.state_dict()[k])]
+    assert any(k.startswith("blocks") for k in changed)
+
+
+def test_kept_tokens_refuse_views_and_a_wrong_shape() -> None:
+    model = _model("test_vit")
+    x = _images(4)
+    q = _calibrated(model, x)
+    keep = torch.arange(17).repeat(4, 1)
+    with pytest.raises(DfqError, match="views"):
+        reconstruct(q, x, dataclasses.replace(FAST, views=1), progress=False, keep_index=keep)
+    with pytest.raises(DfqError, match=r"keep_index must be \(4, k\)"):
+        reconstruct(q, x, FAST, progress=False, keep_index=keep[:3])
