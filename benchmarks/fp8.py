@@ -6,6 +6,8 @@ agreement with the float model, KL to its predictions)::
 
     python benchmarks/fp8.py --model deit_tiny --set-dir runs/sets/smi500-dt-s1 --out runs/fp8-dt
 
+``--real-calib N`` is the reference with real data (the last N sample images calibrate, the others are
+scored); a ``--set-dir`` that does not exist is made with ``--method``/``--num-images``/``--set``.
 Calibration forwards every token (dense). FP8 here is the fake-quant simulation (:mod:`dfq.fp8`),
 which an exported FP8 Q/DQ graph reproduces in ONNX Runtime (``tests/export/test_fp8.py``).
 """
@@ -23,8 +25,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _assets import default_assets, load  # noqa: E402
+from _sets import synthetic_set  # noqa: E402
 
-from dfq.data import CalibrationSet  # noqa: E402
 from dfq.evaluation import batched_logits, classification_metrics  # noqa: E402
 from dfq.jobs import quant_config_from_options  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
@@ -34,8 +36,14 @@ SCHEMES = {"int8 w8a8": ("w8a8", "trt"), "fp8 w8a8": ("w8a8", "fp8")}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    model, _, images, labels = load(args.model, args.assets, args.images)
-    calib = CalibrationSet.load(args.set_dir).images[: args.calib_images]
+    model, cfg, images, labels = load(args.model, args.assets, args.images)
+    if args.real_calib:  # reference: the last N sample images calibrate, the others are scored
+        calib, images, labels = images[-args.real_calib :], images[: -args.real_calib], labels[: -args.real_calib]
+        source = f"real: the last {args.real_calib} sample images (not scored)"
+    else:
+        calib = synthetic_set(args.set_dir, model, args.model, cfg, args.method, args.num_images,
+                              args.settings).images[: args.calib_images]  # fmt: skip
+        source = str(args.set_dir)
     fp = batched_logits(model, images, args.batch)
     rows = [{"config": "float", **classification_metrics(fp, labels, fp)}]
     for label, (scheme, numerics) in SCHEMES.items():
@@ -47,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"config": label, "preset": config.name, **metrics, "seconds": round(time.perf_counter() - t0, 1)}
         )
         print(rows[-1], flush=True)
-    return {"model": args.model, "set_dir": str(args.set_dir), "rows": rows}
+    return {"model": args.model, "set_dir": source, "scored_images": len(images), "rows": rows}
 
 
 def main() -> int:
@@ -56,6 +64,11 @@ def main() -> int:
     ap.add_argument("--model", default="deit_tiny")
     ap.add_argument("--set-dir", type=Path, default=Path("runs/sets/smi500-dt-s1"))
     ap.add_argument("--calib-images", type=int, default=32)
+    ap.add_argument("--method", default="smi", help="inversion method when --set-dir does not exist yet")
+    ap.add_argument("--num-images", type=int, default=32, help="images of a set made here")
+    ap.add_argument("--set", dest="settings", action="append", default=[], help="inversion KEY=VALUE")
+    ap.add_argument("--real-calib", type=int, default=0,
+                    help="reference: calibrate on the LAST N sample images instead, score on the others")  # fmt: skip
     ap.add_argument("--images", type=int, default=500, help="real sample images scored")
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--out", type=Path, required=True)
