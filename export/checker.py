@@ -15,7 +15,9 @@ This module owns :func:`check_onnx`, run on every export. Each broken rule is a 
   output), which would ask for an INT8 implementation of a float op.
 * FP8: a FLOAT8E4M3FN zero-point makes a Q/DQ FP8; it needs opset >= 19, a float32 scale and a
   zero-point of 0; other FP8 types (E5M2, the FNUZ variants) are errors for ``target="trt"``
-  (TensorRT's FP8 is E4M3FN). Placement, axis and per-tensor rules are those of INT8.
+  (TensorRT's FP8 is E4M3FN). Placement, axis and per-tensor rules are those of INT8; the rules of
+  FP8 GEMMs and attention (one precision per GEMM, DQ straight into the attention MatMuls,
+  per-channel FP8 weights from TensorRT 10.6) are :mod:`dfq.export.checker_fp8`'s.
 * Ops outside the supported list are warnings (TensorRT's ONNX parser may still handle them).
 """
 
@@ -134,6 +136,10 @@ def check_model(model: onnx.ModelProto, target: Literal["trt", "ort"] = "trt") -
                 sev: Severity = "error" if target == "trt" else "warning"
                 out.append(Finding(sev, f"{op} is wrapped between DQ and Q: it must stay in float", name))
     out += _check_fp8_opset(model, consts)
+    if any(a.dtype.name in FP8_TYPES for a in consts.values()):
+        from dfq.export.checker_fp8 import check_fp8_graph
+
+        out += check_fp8_graph(g, consts, producer, target, FP8_TYPES)
     for op in sorted(unsupported):
         out.append(
             Finding("warning", f"op {op} is outside dfq's supported list (TensorRT may still parse it)", op)

@@ -126,6 +126,44 @@ def test_checker_fp8_rules(fp8):
     assert any("opset >= 19" in e for e in _errors(_mutated(path, opset17)))
 
 
+def _matmul(m: onnx.ModelProto, part: str) -> onnx.NodeProto:
+    return next(n for n in m.graph.node if n.op_type == "MatMul" and part in n.name)
+
+
+def test_checker_fp8_gemm_and_attention_rules(fp8):
+    _, path = fp8
+    clean = check_model(onnx.load(str(path)))
+    assert not [f for f in clean if f.severity != "info"]
+    assert [f.message for f in clean if "per-channel FP8" in f.message]  # the export's weights are per channel
+
+    def transposed_k(m: onnx.ModelProto) -> None:  # DQ -> Transpose -> MatMul, as timm's k.transpose would be
+        qk = _matmul(m, "matmul_qk")
+        m.graph.node.append(helper.make_node("Transpose", [qk.input[1]], ["k_t"], perm=[0, 1, 2, 3], name="k_t"))
+        qk.input[1] = "k_t"
+
+    def float_softmax(m: onnx.ModelProto) -> None:  # the softmax output reaches attn.v unquantized
+        av = _matmul(m, "matmul_av")
+        g = Graph(m)
+        q = g.producer[g.producer[av.input[0]].input[0]]
+        av.input[0] = q.input[0]
+
+    def int8_weight(m: onnx.ModelProto) -> None:  # one Linear's weights as INT8 codes beside FP8 activations
+        fc1 = _matmul(m, "mlp/fc1")
+        dq = Graph(m).producer[fc1.input[1]]
+        w = next(t for t in m.graph.initializer if t.name == dq.input[0])
+        codes = np.zeros(numpy_helper.to_array(w).shape, np.int8)
+        w.CopyFrom(numpy_helper.from_array(codes, w.name))
+        del dq.input[2:]
+
+    warned = [f.message for f in check_model(_mutated(path, transposed_k)) if f.severity == "warning"]
+    assert any("passes Transpose" in w for w in warned), warned
+    warned = [f.message for f in check_model(_mutated(path, float_softmax)) if f.severity == "warning"]
+    assert any("input in float" in w for w in warned), warned
+    assert any("mixes float8_e4m3fn and int8" in e for e in _errors(_mutated(path, int8_weight)))
+    ort_findings = check_model(_mutated(path, int8_weight), target="ort")
+    assert any(f.severity == "warning" and "mixes" in f.message for f in ort_findings)
+
+
 def test_export_refuses_mixed_formats_and_fp8_fp16_remainder(fp8, tmp_path):
     model, _ = fp8
     with pytest.raises(DfqError, match="fp16_remainder"):
