@@ -1,0 +1,84 @@
+"""The ``dfq`` command line: parse options into a request of the job layer (:mod:`dfq.jobs`), make one
+call, print the result. Option choices come from the registries (presets, calibrators, inversion
+methods, targets, backends, export formats).
+
+Exit codes: 0 success, 2 bad input (one-line ``error: ...`` on stderr, no traceback; set
+``DFQ_DEBUG=1`` to see it), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Both stop an
+inversion at the current iteration with a resumable checkpoint (``dfq invert ... --resume``).
+Commands that produce figures print them as JSON with ``--json`` (for pipelines).
+
+This package holds the group, its error handling and the entry point; each command family lives in its own
+module (calibrate, invert, evaluate: eval/export/export-set, distill, analyze: analyze/report, bench) and is
+added to the group here. Shared options and printing are in :mod:`dfq.cli._common`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import click
+
+from dfq.cli import analyze, bench, calibrate, distill, evaluate, invert
+from dfq.cli._common import _model_options as _model_options  # re-exported: the helpers lived here
+from dfq.cli._common import _pct as _pct
+from dfq.cli._common import _print as _print
+from dfq.errors import DfqError
+
+__all__ = ["cli", "main"]
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an interrupt, so long loops checkpoint exactly as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+class _DfqGroup(click.Group):
+    """The group that turns bad input into one ``error:`` line and exit 2, and interrupts into 130/143.
+
+    Only :class:`DfqError` is bad input; any other exception is a bug and keeps its traceback.
+    ``DFQ_DEBUG=1`` shows the traceback of a DfqError too. Living in the group (not around it), this
+    behaves the same under ``click.testing.CliRunner`` as in the console script.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DfqError as e:
+            if os.environ.get("DFQ_DEBUG"):
+                raise
+            click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, _Terminated)
+            click.echo("terminated" if terminated else "interrupted", err=True)
+            ctx.exit(143 if terminated else 130)
+
+
+@click.group(cls=_DfqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dfq")
+def cli() -> None:
+    """dfq: data-free quantization and deployment for timm models."""
+
+
+cli.add_command(calibrate.calibrate)
+cli.add_command(evaluate.eval_cmd)
+cli.add_command(invert.invert)
+cli.add_command(distill.distill)
+cli.add_command(analyze.analyze)
+cli.add_command(analyze.report_cmd)
+cli.add_command(evaluate.export_cmd)
+cli.add_command(bench.bench)
+cli.add_command(evaluate.export_set_cmd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``dfq``): SIGTERM stops like Ctrl-C, then the click group runs."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    cli.main(args=argv, prog_name="dfq")

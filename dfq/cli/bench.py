@@ -1,0 +1,79 @@
+"""``dfq bench``: speed measurements as ratios in one process (``dfq bench inversion``)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dfq.cli._common import _model_options
+
+
+@click.group()
+def bench() -> None:
+    """Speed measurements, as ratios in one process."""
+
+
+@bench.command(name="inversion")
+@click.option("--model", "model_name", required=True, help="timm ViT name or alias (deit_base, ...).")
+@_model_options
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--iterations", type=int, default=4000, show_default=True, help="Run length the stages are weighted by."
+)
+@click.option("--steps-per-stage", type=int, default=3, show_default=True, help="Timed iterations per stage.")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--amp", is_flag=True, help="bf16 autocast (CUDA).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def bench_inversion(
+    model_name: str,
+    checkpoint: str | None,
+    no_pretrained: bool,
+    device: str | None,
+    batch_size: int,
+    iterations: int,
+    steps_per_stage: int,
+    warmup: int,
+    amp: bool,
+    as_json: bool,
+) -> None:
+    """Dense DeepInversion vs SMI iteration speed per sparsity stage, FLOPs and peak memory."""
+    from dfq.devices import check_device
+    from dfq.inversion.bench import benchmark_inversion
+    from dfq.loadcheck import snapshot
+    from dfq.models import load_model
+
+    start = snapshot()  # before the model build raises the load average
+    device = check_device(device)
+    model = load_model(model_name, checkpoint=checkpoint, pretrained=not no_pretrained).to(device)
+    r = benchmark_inversion(
+        model,
+        batch_size=batch_size,
+        iterations=iterations,
+        device=device,
+        warmup=warmup,
+        steps_per_stage=steps_per_stage,
+        amp=amp,
+        load_start=start,
+    )
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(
+        f"{model_name} batch {batch_size} on {device}: {'stage':>7} {'kept':>5} {'it/s':>8} {'GFLOP/it':>9}"
+    )
+    rows = [("dense", r["dense"])] + [(f"{s['first_iteration']}+", s) for s in r["stages"]]
+    for label, st in rows:
+        click.echo(
+            f"{'':>{len(model_name) + 20}}{label:>7} {st['kept_patches']:>5} {st['it_per_s']:8.3f} "
+            f"{st['flops_per_it'] / 1e9:9.1f}"
+        )
+    click.echo(
+        f"whole schedule ({iterations} iterations): SMI/dense speedup {r['speedup']:.2f}x, "
+        f"FLOPs ratio {r['flops_ratio']:.2f}x"
+    )
+    load = r["machine_load"]
+    click.echo(
+        f"load average at start: {(load['start'] or load['before'])['loadavg'][0]:.2f}; "
+        + ("machine idle" if load["idle"] else "NOT idle: " + "; ".join(load["not_idle_because"]))
+    )
