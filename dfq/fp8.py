@@ -34,7 +34,8 @@ _MANTISSA_BITS = 3
 
 
 def round_to_e4m3(x: Tensor) -> Tensor:
-    """Round ``x`` to the nearest E4M3FN value (ties to even), saturating at +-448, as float32.
+    """Round ``x`` to the nearest E4M3FN value (ties to even), saturating at +-448, as float32
+    (float64 for a float64 ``x``, so a double-precision reference model rounds its own values).
 
     >>> round_to_e4m3(torch.tensor([1.0625, 1.1875, 300.0, 1000.0, -float("inf")]))  # ties to even mantissa
     tensor([   1.0000,    1.2500,  288.0000,  448.0000, -448.0000])
@@ -43,7 +44,7 @@ def round_to_e4m3(x: Tensor) -> Tensor:
     >>> round_to_e4m3(torch.tensor([-1e-4, float("nan")]))  # the sign of zero is kept; NaN stays NaN
     tensor([-0., nan])
     """
-    x = x.float()
+    x = x if x.dtype == torch.float64 else x.float()
     a = torch.clamp(x.abs(), max=E4M3_MAX)  # NaN passes through clamp
     _, exp = torch.frexp(a)  # a = m * 2^exp with m in [0.5, 1): the binade is 2^(exp - 1)
     binade = torch.clamp(exp - 1, min=_MIN_NORMAL_EXP)  # below 2^-6 the subnormal step 2^-9 applies
@@ -81,7 +82,7 @@ def fake_quantize_fp8(x: Tensor, scale: Tensor, axis: int | None = None) -> Tens
     tensor([1., 1., 0.])
     """
     s = _shape_for(scale, x, axis).detach()
-    y = round_to_e4m3(x.detach() / s) * s
+    y = (round_to_e4m3(x.detach() / s) * s).to(x.dtype)
     if not (x.requires_grad and torch.is_grad_enabled()):
         return y
     inside = x.detach().abs() <= E4M3_MAX * s

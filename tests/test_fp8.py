@@ -107,3 +107,11 @@ def test_fp8_scale_maps_amax_onto_448():
     s = fp8_scale(amax)
     assert torch.equal(round_to_e4m3(amax / s)[:2], torch.tensor([E4M3_MAX, E4M3_MAX]))
     assert float(s[2]) == 1.0
+
+
+def test_fake_quantize_fp8_keeps_float64_and_agrees_with_float32() -> None:
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 3
+    s = torch.tensor(0.01)
+    y32, y64 = fake_quantize_fp8(x, s), fake_quantize_fp8(x.double(), s.double())
+    assert y64.dtype == torch.float64 and y32.dtype == torch.float32
+    torch.testing.assert_close(y64.float(), y32)  # the grid values are exact in both
