@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from dfq.config import for_onnxruntime, preset  # noqa: E402
 from dfq.data import Transform, labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
 from dfq.evaluation import Predictor, classification_metrics  # noqa: E402
-from dfq.export.latency import time_rounds  # noqa: E402
+from dfq.export.latency import paired_quartiles, time_rounds  # noqa: E402
 from dfq.export.onnx import export_onnx  # noqa: E402
 from dfq.export.runtime import ort_predictor  # noqa: E402
 from dfq.loadcheck import measure_load, snapshot  # noqa: E402
@@ -105,17 +105,6 @@ def ort_static(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
     return out
-
-
-def paired_quartiles(base: list[float], cand: list[float]) -> list[float]:
-    """Quartiles of the per-round ratios ``base[i] / cand[i]``: both were timed in the same round, so
-    drift common to the round cancels, and the spread says how far one run's ratio can be trusted.
-
-    >>> paired_quartiles([2.0, 2.0, 3.0, 4.0, 4.0], [1.0, 1.0, 1.0, 2.0, 2.0])
-    [2.0, 2.0, 2.0]
-    """
-    q1, q2, q3 = statistics.quantiles([b / c for b, c in zip(base, cand, strict=True)], n=4, method="inclusive")
-    return [round(q1, 3), round(q2, 3), round(q3, 3)]
 
 
 def fused_ops(path: Path, tmp: Path, threads: int) -> dict[str, int]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["latency_ratio", "time_rounds"]
+__all__ = ["latency_ratio", "time_rounds", "paired_quartiles"]
 
 
 def time_rounds(
@@ -62,3 +62,14 @@ def latency_ratio(
     t = time_rounds({"a": a, "b": b}, x, rounds=rounds, iters=iters, warmup=warmup)
     a_s, b_s = statistics.median(t["a"]), statistics.median(t["b"])
     return {"a_ms": a_s * 1e3, "b_ms": b_s * 1e3, "ratio": a_s / b_s, "rounds": rounds, "iters": iters}
+
+
+def paired_quartiles(base: list[float], cand: list[float]) -> list[float]:
+    """Quartiles of the per-round ratios ``base[i] / cand[i]``: both were timed in the same round, so
+    drift common to the round cancels, and the spread says how far one run's ratio can be trusted.
+
+    >>> paired_quartiles([2.0, 2.0, 3.0, 4.0, 4.0], [1.0, 1.0, 1.0, 2.0, 2.0])
+    [2.0, 2.0, 2.0]
+    """
+    q1, q2, q3 = statistics.quantiles([b / c for b, c in zip(base, cand, strict=True)], n=4, method="inclusive")
+    return [round(q1, 3), round(q2, 3), round(q3, 3)]

@@ -1,4 +1,4 @@
-"""``dfq bench``: speed measurements as ratios in one process (``dfq bench inversion``)."""
+"""``dfq bench``: speed measurements as ratios in one process (``dfq bench inversion``, ``dfq bench ort``)."""
 
 from __future__ import annotations
 
@@ -77,3 +77,32 @@ def bench_inversion(
         f"load average at start: {(load['start'] or load['before'])['loadavg'][0]:.2f}; "
         + ("machine idle" if load["idle"] else "NOT idle: " + "; ".join(load["not_idle_because"]))
     )
+
+
+@bench.command(name="ort")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--batch-size", "batch_sizes", type=int, multiple=True, help="Batch to time, repeatable (default 1 and 8).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--rounds", type=int, default=7, show_default=True, help="Interleaved rounds; the median is reported.")
+@click.option("--iters", type=int, default=5, show_default=True, help="Calls per round.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def bench_ort(run: str, batch_sizes: tuple[int, ...], threads: int | None, rounds: int, iters: int,
+              as_json: bool) -> None:  # fmt: skip
+    """INT8 speedup of a run's exported Q/DQ graph over its FP32 model in ONNX Runtime (CPU), interleaved."""
+    from dfq.errors import DfqError
+    from dfq.jobs.speed import ort_speedup
+
+    if rounds < 1 or iters < 1:
+        raise DfqError(f"--rounds and --iters must be at least 1, got {rounds} and {iters}")
+    r = ort_speedup(run, batch_sizes or (1, 8), threads=threads, rounds=rounds, iters=iters)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    for bs, v in r["batches"].items():
+        spread = v["speedup_q1_median_q3"]
+        quart = f" (per-round quartiles {spread[0]:.2f}-{spread[2]:.2f})" if spread else ""
+        click.echo(f"batch {bs}: FP32 {v['fp32_ms']:.2f} ms, INT8 {v['int8_ms']:.2f} ms per call: "
+                   f"{v['speedup']:.2f}x{quart}")  # fmt: skip
+    load = r["load_before"]["loadavg"][0]
+    click.echo(f"load average before timing: {load:.2f}; "
+               + ("machine idle" if r["idle"] else "NOT idle: this ratio is not a figure"))  # fmt: skip

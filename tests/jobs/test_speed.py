@@ -1,0 +1,53 @@
+"""``dfq bench ort`` / :func:`dfq.jobs.speed.ort_speedup` on a tiny run: both graphs timed, ratios consistent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dfq.errors import DfqError
+from dfq.jobs.export import export_run
+from dfq.jobs.speed import IDLE_LOAD, ort_speedup
+from tests._cli import run_cli
+from tests._helpers import _one_line, _timm_run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    _, run = _timm_run(tmp_path_factory.mktemp("speed"), "w8a8")
+    export_run(run, "onnx")
+    return run
+
+
+def test_ort_speedup_reports_both_graphs_per_batch(exported) -> None:
+    r = ort_speedup(exported, (1, 2), threads=1, rounds=3, iters=2, warmup=1)
+    assert list(r["batches"]) == ["1", "2"]
+    for v in r["batches"].values():
+        assert v["fp32_ms"] > 0 and v["int8_ms"] > 0
+        assert v["speedup"] == pytest.approx(v["fp32_ms"] / v["int8_ms"], rel=0.05)
+        q1, med, q3 = v["speedup_q1_median_q3"]
+        assert q1 <= med <= q3
+    assert r["idle"] == (r["load_before"]["loadavg"][0] < IDLE_LOAD)
+    assert r["threads"] == 1
+
+
+def test_ort_speedup_bad_input_is_one_line(tmp_path, exported) -> None:
+    _, bare = _timm_run(tmp_path, "w8a8")
+    with pytest.raises(DfqError) as err:
+        ort_speedup(bare)
+    assert "dfq export" in _one_line(err)
+    with pytest.raises(DfqError, match="at least 1"):
+        ort_speedup(exported, (0,))
+
+
+def test_cli_bench_ort(tmp_path, exported) -> None:
+    code, out, _ = run_cli(["bench", "ort", str(exported), "--batch-size", "1", "--rounds", "2", "--threads", "1",
+                            "--json"])  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["batches"]["1"]["speedup"] > 0
+    code, out, _ = run_cli(["bench", "ort", str(exported), "--batch-size", "1", "--rounds", "2", "--threads", "1"])
+    assert code == 0 and "FP32" in out and "x" in out
+    _, bare = _timm_run(tmp_path, "w8a8")
+    code, _, err = run_cli(["bench", "ort", str(bare)])
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
