@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ASSETS ?= $(or $(DFQ_ASSETS),../shared/assets)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo bench clean
 
 $(BIN)/dfq: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: venv
 demo: venv
 	@test -f $(ASSETS)/weights/deit_tiny_patch16_224.pth || { echo "error: demo needs the shared assets at $(ASSETS) (set ASSETS=...)"; exit 2; }
 	$(BIN)/python benchmarks/demo.py --assets $(ASSETS) --out runs/demo
+
+# Runs the benchmark steps of benchmarks/bench.py that have no report yet (hours the first time; an
+# interrupted run continues) and rewrites BENCHMARKS.md's generated tables. Not part of CI.
+bench: venv
+	@test -f $(ASSETS)/weights/deit_tiny_patch16_224.pth || { echo "error: bench needs the shared assets at $(ASSETS) (set ASSETS=...)"; exit 2; }
+	DFQ_ASSETS=$(ASSETS) $(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,25 @@ def test_nonfinite_ort_output_fails_the_row() -> None:
     assert ea._metrics(broken, labels, fp)["kl"] != ea._metrics(broken, labels, fp)["kl"]  # NaN
     p, ci = ea.paired_noise(fp, broken, labels, fp)
     assert not ea.verdict(1.0, 1.0, 1.0, p, ci)["kl_within_noise"]
+
+
+def test_bench_tables_render_hand_made_reports(tmp_path: Path) -> None:
+    tables = importlib.import_module("_tables")
+    prov = {"command": "python benchmarks/fp8.py", "started": "2026-12-02 03:00:00 UTC", "seconds": 60.0,
+            "load_at_start": 0.2, "machine": "2 CPU cores", "versions": {"torch": "2.9"}}  # fmt: skip
+    rows = [{"config": "float", "top1": 0.792, "agreement": 1.0, "kl": 0.0},
+            {"config": "int8 w8a8", "top1": 0.79, "agreement": 0.94, "kl": 0.0293},
+            {"config": "fp8 w8a8", "top1": 0.8, "agreement": 0.944, "kl": 0.0184}]  # fmt: skip
+    for step in tables.TABLES["fp8"][0]:
+        (tmp_path / step).mkdir()
+        report = {"model": "deit_tiny", "set_dir": "runs/sets/x", "calib_images": 32, "rows": rows}
+        (tmp_path / step / "report.json").write_text(json.dumps(report))
+        (tmp_path / step / "provenance.json").write_text(json.dumps(prov))
+    out = tables.render_tables(tmp_path)
+    assert set(out) == {"fp8"}  # the toolkit tables' steps have not run
+    assert "| DeiT-Tiny | 32 of `runs/sets/x` | 500 | 79.2 | 79.0 / 0.940 / 0.0293 | 80.0 / 0.944 / 0.0184 |" in out["fp8"]
+    assert out["fp8"].count("`python benchmarks/fp8.py` — 2026-12-02 03:00:00 UTC") == 6
+    bench = importlib.import_module("bench")
+    text = "x\n<!-- bench:fp8 -->\nold\n<!-- /bench:fp8 -->\n<!-- bench:modelopt -->\nkept\n<!-- /bench:modelopt -->\n"
+    new, stale = bench.render(text, out)
+    assert "old" not in new and "80.0 / 0.944" in new and "kept" in new and stale == ["modelopt"]

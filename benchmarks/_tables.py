@@ -1,0 +1,87 @@
+"""The generated tables of BENCHMARKS.md, each rendered from the reports of :mod:`bench`'s steps.
+
+:func:`render_tables` returns ``{table name: markdown}`` for every table whose steps have all run; a
+table is its rows followed by one provenance line per step (command, date, seconds, load at the start,
+machine, library versions), so every figure in it names where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Report = dict[str, Any]
+
+
+def _load(bench_dir: Path, name: str) -> tuple[Report, Report] | None:
+    report, prov = bench_dir / name / "report.json", bench_dir / name / "provenance.json"
+    if not report.exists() or not prov.exists():
+        return None
+    return json.loads(report.read_text()), json.loads(prov.read_text())
+
+
+def provenance_lines(items: list[tuple[str, Report]]) -> list[str]:
+    """One line per step: its command, when it ran and on what.
+
+    >>> provenance_lines([("s", {"command": "python x.py", "started": "2026-12-02 03:00:00 UTC", "seconds": 12.0,
+    ...                           "load_at_start": 0.3, "machine": "2 CPU cores", "versions": {"torch": "2.9"}})])
+    ['- `s`: `python x.py` — 2026-12-02 03:00:00 UTC, 12 s, load 0.30 at the start; 2 CPU cores; torch 2.9']
+    """
+    out = []
+    for name, p in items:
+        vers = ", ".join(f"{k} {v}" for k, v in p["versions"].items() if k != "python")
+        out.append(f"- `{name}`: `{p['command']}` — {p['started']}, {p['seconds']:.0f} s, load "
+                   f"{p['load_at_start']:.2f} at the start; {p['machine']}; {vers}")  # fmt: skip
+    return out
+
+
+def _m(row: Report) -> str:
+    return f"{100 * row['top1']:.1f} / {row['agreement']:.3f} / {row['kl']:.4f}"
+
+
+_MODELS = {"deit_tiny": "DeiT-Tiny", "mobilenet_v1_025": "MobileNet-v1 0.25"}
+
+
+def fp8_table(reports: list[tuple[str, Report, Report]]) -> str:
+    """FP8 W8A8 beside INT8 W8A8, one row per (model, calibration source)."""
+    lines = ["| model | calibration images | scored | FP top-1 | INT8 W8A8: top-1 / agr. / KL | "
+             "FP8 W8A8: top-1 / agr. / KL |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for _, r, _ in reports:
+        rows = {row["config"]: row for row in r["rows"]}
+        source = r["set_dir"] if r["set_dir"].startswith("real") else f"{r['calib_images']} of `{r['set_dir']}`"
+        lines.append(f"| {_MODELS.get(r['model'], r['model'])} | {source} | {r.get('scored_images', 500)} "
+                     f"| {100 * rows['float']['top1']:.1f} | {_m(rows['int8 w8a8'])} | {_m(rows['fp8 w8a8'])} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def toolkit_table(reports: list[tuple[str, Report, Report]]) -> str:
+    """Another toolkit's INT8 PTQ calibrated on each source: top-1, agreement, KL."""
+    (_, r, _), = reports
+    lines = [f"| calibration images ({r['calib_images']} each) | top-1 | agreement | KL |", "|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['source']} | {100 * row['top1']:.1f} | {row['agreement']:.3f} | {row['kl']:.4f} |")
+    lines.append(f"\nScored on {r.get('scored_images', 500)} sample images; FP top-1 {100 * r['fp_top1']:.1f}.")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Report]]], str]]] = {
+    "fp8": (("fp8-dt-smi", "fp8-dt-di", "fp8-dt-real", "fp8-mb-di", "fp8-mb-cmi", "fp8-mb-real"), fp8_table),
+    "modelopt": (("modelopt-dt",), toolkit_table),
+    "ort-static": (("ort-sets-dt",), toolkit_table),
+}
+"""table name -> (the steps it reads, its renderer)."""
+
+
+def render_tables(bench_dir: Path) -> dict[str, str]:
+    """Markdown of every table of :data:`TABLES` whose steps all have a report and a provenance."""
+    out = {}
+    for table, (steps, fn) in TABLES.items():
+        loaded = [_load(bench_dir, s) for s in steps]
+        if any(x is None for x in loaded):
+            continue
+        items = [(s, r, p) for s, (r, p) in zip(steps, loaded, strict=True)]  # type: ignore[misc]
+        body = fn(items)
+        out[table] = body + "\n\n" + "\n".join(provenance_lines([(s, p) for s, _, p in items])) + "\n"
+    return out

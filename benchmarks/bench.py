@@ -1,0 +1,176 @@
+"""``make bench``: run the benchmark steps on this CPU (resumably), then regenerate BENCHMARKS.md's tables.
+
+A *step* is one benchmark script with fixed arguments (:data:`STEPS`); it writes ``runs/bench/NAME/
+report.json``, and this driver adds ``runs/bench/NAME/provenance.json`` (the command, start and end
+time, machine, library versions, load average at the start). A step whose report exists is skipped, so
+an interrupted ``make bench`` continues where it stopped (``--redo NAME`` reruns one; the inversions the
+steps need are cached under ``runs/sets/`` and resume from their checkpoints).
+
+A *table* of BENCHMARKS.md is the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``;
+:mod:`_tables` renders it from its steps' reports, with the command, date, machine and versions under
+it. Text outside the markers is written by people and left alone. A table whose steps have not run
+keeps its old text and is listed as stale. Every step runs one after the other: timings taken by a step
+(ONNX Runtime speed) are only figures when nothing else runs, so the driver records the load.
+
+    python benchmarks/bench.py                 # run missing steps, then render
+    python benchmarks/bench.py --render-only   # only rewrite the tables from the reports on disk
+    python benchmarks/bench.py --only fp8-dt --redo fp8-dt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = Path("runs/bench")
+SETS = "runs/sets"
+DEIT_SMI = f"{SETS}/smi500-dt-s1"
+DEIT_DI = f"{SETS}/di200-dt"
+MB_DI = f"{SETS}/di200-mb"
+MB_CMI = f"{SETS}/cmi-mb"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One benchmark run: ``script`` (in benchmarks/) with ``args``; ``{out}`` is its output folder."""
+
+    name: str
+    script: str
+    args: tuple[str, ...]
+
+    def command(self, out: Path) -> list[str]:
+        return [sys.executable, str(REPO / "benchmarks" / self.script), *(a.format(out=out) for a in self.args)]
+
+
+STEPS: tuple[Step, ...] = (
+    # the synthetic sets the other steps read (made when missing, resumable)
+    Step("set-deit-smi", "make_set.py", ("--model", "deit_tiny", "--method", "smi", "--num-images", "128", "--seed",
+                                          "1", "--set", "iterations=500", "--out", DEIT_SMI)),
+    Step("set-deit-di", "make_set.py", ("--model", "deit_tiny", "--method", "deepinversion", "--num-images", "32",
+                                         "--seed", "5", "--set", "iterations=200", "--out", DEIT_DI)),
+    Step("set-mb-di", "make_set.py", ("--model", "mobilenet_v1_025", "--method", "deepinversion", "--num-images",
+                                       "256", "--set", "iterations=200", "--set", "batch_size=64", "--out", MB_DI)),
+    Step("set-mb-cmi", "make_set.py", ("--model", "mobilenet_v1_025", "--method", "cmi", "--num-images", "32",
+                                        "--set", "ngf=16", "--out", MB_CMI)),
+    # FP8 against INT8 (issue 17)
+    Step("fp8-dt-smi", "fp8.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--out", "{out}")),
+    Step("fp8-dt-di", "fp8.py", ("--model", "deit_tiny", "--set-dir", DEIT_DI, "--out", "{out}")),
+    Step("fp8-dt-real", "fp8.py", ("--model", "deit_tiny", "--real-calib", "32", "--out", "{out}")),
+    Step("fp8-mb-di", "fp8.py", ("--model", "mobilenet_v1_025", "--set-dir", MB_DI, "--out", "{out}")),
+    Step("fp8-mb-cmi", "fp8.py", ("--model", "mobilenet_v1_025", "--set-dir", MB_CMI, "--out", "{out}")),
+    Step("fp8-mb-real", "fp8.py", ("--model", "mobilenet_v1_025", "--real-calib", "32", "--out", "{out}")),
+    # other toolkits calibrated on dfq's images (issue 15)
+    Step("modelopt-dt", "modelopt_sets.py", ("--set-dir", DEIT_SMI, DEIT_DI, "--out", "{out}")),
+    Step("ort-sets-dt", "ort_sets.py", ("--set-dir", DEIT_SMI, DEIT_DI, "--out", "{out}")),
+)  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine() -> str:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), "")  # fmt: skip
+    return f"{os.cpu_count()} CPU cores, {model or platform.processor() or platform.machine()}, no GPU used"
+
+
+def run_step(step: Step, redo: bool) -> bool:
+    """Run ``step`` unless its report exists; True when its report is there afterwards."""
+    out = BENCH_DIR / step.name
+    report = out / "report.json"
+    if report.exists() and not redo:
+        return True
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = step.command(out)
+    shown = " ".join(["python", f"benchmarks/{step.script}", *cmd[2:]])
+    print(f"\n[bench] {step.name}: {shown}", flush=True)
+    start = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    t0 = time.perf_counter()
+    with open(out / "log.txt", "w") as log:
+        done = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        print(f"[bench] {step.name} failed (exit {done.returncode}); see {out / 'log.txt'}", flush=True)
+        return False
+    if step.script == "make_set.py":  # a set step's "report" is the set itself
+        report.write_text(json.dumps({"set": step.args[step.args.index("--out") + 1]}) + "\n")
+    provenance = {"command": shown, "started": start, "seconds": round(time.perf_counter() - t0, 1),
+                  "load_at_start": round(load, 2), "machine": machine(), "versions": versions()}  # fmt: skip
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return report.exists()
+
+
+_BLOCK = re.compile(r"(<!-- bench:([\w-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.S)
+
+
+def render(text: str, tables: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with every marked table whose name is in ``tables`` replaced; and the marked names left as
+    they were.
+
+    >>> render("a\\n<!-- bench:t -->\\nold\\n<!-- /bench:t -->\\nb", {"t": "new\\n"})
+    ('a\\n<!-- bench:t -->\\nnew\\n<!-- /bench:t -->\\nb', [])
+    >>> render("<!-- bench:u -->\\nold\\n<!-- /bench:u -->", {})[1]
+    ['u']
+    """
+    stale: list[str] = []
+
+    def swap(m: re.Match[str]) -> str:
+        if m.group(2) not in tables:
+            stale.append(m.group(2))
+            return m.group(0)
+        return m.group(1) + tables[m.group(2)] + m.group(4)
+
+    return _BLOCK.sub(swap, text), stale
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--render-only", action="store_true", help="rewrite the tables from the reports on disk")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these steps")
+    ap.add_argument("--redo", nargs="+", default=[], help="rerun these steps even if their report exists")
+    ap.add_argument("--file", type=Path, default=REPO / "BENCHMARKS.md")
+    args = ap.parse_args()
+    names = {s.name for s in STEPS}
+    unknown = (set(args.only or []) | set(args.redo)) - names
+    if unknown:
+        sys.exit(f"error: unknown step(s) {sorted(unknown)}; steps: {', '.join(sorted(names))}")
+    failed = []
+    if not args.render_only:
+        for step in STEPS:
+            if args.only is None or step.name in args.only:
+                if not run_step(step, step.name in args.redo):
+                    failed.append(step.name)
+    from _tables import render_tables
+
+    text, stale = render(args.file.read_text(), render_tables(BENCH_DIR))
+    tmp = args.file.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(args.file)
+    print(f"[bench] {args.file} rewritten; tables not regenerated (steps missing): {stale or 'none'}")
+    if failed:
+        print(f"[bench] failed steps: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
