@@ -1,10 +1,11 @@
 """NVIDIA ModelOpt's INT8 PTQ calibrated on dfq's synthetic images, real images and noise (issue 15).
 
 ModelOpt cannot make calibration data; dfq's sets feed it through :func:`dfq.interop.modelopt_forward_loop`.
-DeiT-Tiny, ``mtq.INT8_DEFAULT_CFG``, 32 calibration images of each source, scored on the 500 sample
+DeiT-Tiny, ``mtq.INT8_DEFAULT_CFG``, 32 calibration images of each source (each ``--set-dir``, the last 32
+sample images, Gaussian noise), scored on the other 468 sample
 images (top-1, agreement and KL to the float model)::
 
-    python benchmarks/modelopt_sets.py --set-dir runs/sets/smi500-dt-s1 --out runs/modelopt-dt
+    python benchmarks/modelopt_sets.py --set-dir runs/sets/smi500-dt-s1 runs/sets/di200-dt --out runs/modelopt-dt
 
 Needs the ``interop`` extra (``pip install -e ".[interop]"``).
 """
