@@ -72,6 +72,12 @@ class OrtPredictor:
         return f"OrtPredictor(providers={self.providers})"
 
 
+FP8_DISABLED_RULES = ("ClipQuantRewrite", "ReluQuantRewrite")
+"""ONNX Runtime rewrite rules turned off for FP8 graphs: they fold a Clip (ReLU6) or Relu into the
+following QuantizeLinear by reading its zero-point as an integer, and ORT 1.31 fails the session on an
+FP8 zero-point ("Unexpected data type for QuantizeLinear input y_zero_point")."""
+
+
 def ort_predictor(
     path: str | Path,
     providers: Sequence[str] | None = None,
@@ -98,12 +104,14 @@ def ort_predictor(
 
     requested = list(providers or ["CPUExecutionProvider"])
     options = ort.SessionOptions()
+    disabled: list[str] | None = None
     if threads:
         options.intra_op_num_threads = threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif _has_fp8(path):  # ORT 1.31 fuses FP8 DQ -> MatMul into MatMulIntegerToFloat, then rejects its own graph
         options.add_session_config_entry("session.disable_quant_qdq", "1")
+        disabled = list(FP8_DISABLED_RULES)
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     available = ort.get_available_providers()
@@ -113,7 +121,8 @@ def ort_predictor(
             f"ONNX Runtime providers {missing} are not available here (available: {available})", stacklevel=2
         )
     session = ort.InferenceSession(
-        str(path), options, providers=[p for p in requested if p in available] or None
+        str(path), options, providers=[p for p in requested if p in available] or None,
+        disabled_optimizers=disabled,
     )
     pred = OrtPredictor(session, requested)
     for want in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):

@@ -174,3 +174,24 @@ def test_export_refuses_mixed_formats_and_fp8_fp16_remainder(fp8, tmp_path):
     first.spec = next(q for q in quantizers(int_model)).spec
     with pytest.raises(DfqError, match="mixes quantization formats"):
         export_onnx(mixed, tmp_path / "b.onnx", input_shape=SHAPE)
+
+
+def test_fp8_relu6_cnn_runs_in_onnxruntime(tmp_path):
+    """ReLU6 (Clip) and Relu before an FP8 QuantizeLinear: ORT's Clip/Relu-into-Q rewrite rules read the
+    zero-point as an integer and fail the session; ort_predictor turns them off for FP8 graphs."""
+    from dfq.config import preset
+    from dfq.export.runtime import ort_predictor
+    from dfq.quant.calibrate import calibrate
+    from dfq.quant.transform import quantize_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()  # fmt: skip
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    q = calibrate(quantize_(net, preset("w8a8", "fp8")), lambda m: m(x))
+    path = export_onnx(q, tmp_path / "relu6.onnx", input_shape=(3, 16, 16))
+    assert any(n.op_type == "Clip" for n in onnx.load(str(path)).graph.node)
+    got = ort_predictor(path)(x)
+    with torch.no_grad():
+        want = q(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0.05 * want.abs().max().item())
