@@ -99,3 +99,21 @@ def test_bench_tables_render_hand_made_reports(tmp_path: Path) -> None:
     text = "x\n<!-- bench:fp8 -->\nold\n<!-- /bench:fp8 -->\n<!-- bench:modelopt -->\nkept\n<!-- /bench:modelopt -->\n"
     new, stale = bench.render(text, out)
     assert "old" not in new and "80.0 / 0.944" in new and "kept" in new and stale == ["modelopt"]
+
+
+def test_fp8_gemm_scales_are_dequantization_scales() -> None:
+    """The GPU script's GEMMs on the CPU (torch runs ``_scaled_mm`` there too): each FP8 product equals the
+    float64 product of the dequantized E4M3 operands up to bf16 output rounding, and is near the float one."""
+    fg = importlib.import_module("fp8_gemm")
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(40, 64, generator=g), torch.randn(48, 64, generator=g) * 0.125
+    fns = fg.gemms(x, w)
+    sx, sw = x.abs().amax() / 448, w.abs().amax() / 448
+    deq = (fg.to_fp8(x, sx).double() * sx.double()) @ (fg.to_fp8(w, sw).double() * sw.double()).t()
+    torch.testing.assert_close(fns["fp8"]().double(), deq, rtol=1e-2, atol=1e-2 * deq.abs().max().item())
+    torch.testing.assert_close(fns["fp8_with_cast"](), fns["fp8"]())
+    ref = x.double() @ w.double().t()
+    for name in ("fp8", "fp8_rowwise"):
+        err = float((fns[name]().double() - ref).norm() / ref.norm())
+        assert 0.005 < err < 0.06, (name, err)  # E4M3's 3 mantissa bits: a few percent, never exact
+    assert float((fns["bf16"]().double() - ref).norm() / ref.norm()) < 0.01
