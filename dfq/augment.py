@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resized_crop_flip"]
+__all__ = ["resized_crop_flip", "with_views"]
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> Tensor:
@@ -60,3 +60,19 @@ def resized_crop_flip(
     theta = theta.to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def with_views(images: Tensor, views: int, seed: int) -> Tensor:
+    """``images`` followed by ``views`` augmented copies of them (random resized crop of 35-100% of the
+    area, flip with probability 1/2), drawn from a generator seeded with ``seed``.
+
+    >>> x = torch.rand(2, 3, 8, 8)
+    >>> y = with_views(x, 2, 0)
+    >>> y.shape[0], torch.equal(y[:2], x), torch.equal(y, with_views(x, 2, 0))
+    (6, True, True)
+    """
+    if views == 0:
+        return images
+    g = torch.Generator().manual_seed(seed)
+    copies = [resized_crop_flip(images.cpu(), g, scale=(0.35, 1.0)).to(images.device) for _ in range(views)]
+    return torch.cat([images, *copies])

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dfq.augment import resized_crop_flip
+from dfq.augment import with_views
 from dfq.checkpointing import StateFile, run_identity, to_cpu
 from dfq.errors import DfqError
 from dfq.quant.calibrate import activation_quantizers, quantizers_off
@@ -306,22 +306,6 @@ def _train_unit(
     after = _unit_error(unit, x, y, config.batch_size, device)
     return UnitReport(name, len(layers), before, after, flipped / max(total, 1), undecided / max(total, 1),
                       round(time.perf_counter() - t0, 2))  # fmt: skip
-
-
-def with_views(images: Tensor, views: int, seed: int) -> Tensor:
-    """``images`` followed by ``views`` augmented copies of them (random resized crop of 35-100% of the
-    area, flip with probability 1/2), drawn from a generator seeded with ``seed``.
-
-    >>> x = torch.rand(2, 3, 8, 8)
-    >>> y = with_views(x, 2, 0)
-    >>> y.shape[0], torch.equal(y[:2], x), torch.equal(y, with_views(x, 2, 0))
-    (6, True, True)
-    """
-    if views == 0:
-        return images
-    g = torch.Generator().manual_seed(seed)
-    copies = [resized_crop_flip(images.cpu(), g, scale=(0.35, 1.0)).to(images.device) for _ in range(views)]
-    return torch.cat([images, *copies])
 
 
 def _fingerprint(images: Tensor) -> str:
