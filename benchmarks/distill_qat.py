@@ -33,6 +33,7 @@ from dfq.distill.loop import evaluate_student  # noqa: E402
 from dfq.inversion.overrides import parse_overrides  # noqa: E402
 from dfq.jobs import quant_config_from_options  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
+from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
 
 
@@ -48,6 +49,9 @@ def main() -> int:
     ap.add_argument("--act-ranges", default="frozen")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--kd", action="append", default=[], help="other DistillConfig KEY=VALUE")
+    ap.add_argument("--reconstruct-iters", type=int, default=0,
+                    help="block reconstruction (AdaRound per block) on the calibration images before QAT, this many "
+                         "steps per unit (0: none), as dfq calibrate --reconstruct")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     start = snapshot()
@@ -61,6 +65,12 @@ def main() -> int:
     ev = EvalData.from_tensors(images, labels, model)
     fp = evaluate_student(model, ev)
     calibrated = evaluate_student(qmodel, ev)
+    reconstructed = None
+    if args.reconstruct_iters:
+        reconstruct(qmodel, head, ReconstructConfig(iters=args.reconstruct_iters),
+                    checkpoint=args.out / "reconstruct.ckpt")  # fmt: skip
+        reconstructed = evaluate_student(qmodel, ev)
+        print("reconstructed", reconstructed, flush=True)
     extra = parse_overrides(DistillConfig, args.kd)
     dcfg = qat_defaults(steps=args.steps, batch_size=args.batch_size, lr=args.lr, range_lr=args.range_lr,
                         weight_ranges=args.weight_ranges, act_ranges=args.act_ranges, eval_every=args.eval_every,
@@ -72,7 +82,8 @@ def main() -> int:
     report = {
         "model": args.model, "scheme": args.scheme, "machine_load_start": start,
         "set": set_record(calib, set_dir, trained_on=len(train)),
-        "config": dcfg.to_dict(), "fp": fp, "calibration_alone": calibrated, "qat": final,
+        "config": dcfg.to_dict(), "fp": fp, "calibration_alone": calibrated,
+        "reconstructed": reconstructed, "qat": final,
         "wall": {"set_or_load": round(t1 - t0, 1), "calibrate_and_baseline": round(t2 - t1, 1),
                  "qat_this_process": round(time.perf_counter() - t2, 1)},
         **run_record(result),
