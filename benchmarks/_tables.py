@@ -12,6 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _tables_more import (
+    MODEL_NAMES,
+    estimate_table,
+    export_fp8_table,
+    export_table,
+    mixed_table,
+    ort_speed_table,
+    qat_table,
+    reconstruct_real_table,
+    reconstruct_table,
+)
+
 Report = dict[str, Any]
 
 
@@ -41,7 +53,7 @@ def _m(row: Report) -> str:
     return f"{100 * row['top1']:.1f} / {row['agreement']:.3f} / {row['kl']:.4f}"
 
 
-_MODELS = {"deit_tiny": "DeiT-Tiny", "mobilenet_v1_025": "MobileNet-v1 0.25"}
+_MODELS = MODEL_NAMES
 
 
 def fp8_table(reports: list[tuple[str, Report, Report]]) -> str:
@@ -70,7 +82,20 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     "fp8": (("fp8-dt-smi", "fp8-dt-di", "fp8-dt-real", "fp8-mb-di", "fp8-mb-cmi", "fp8-mb-real"), fp8_table),
     "modelopt": (("modelopt-dt",), toolkit_table),
     "ort-static": (("ort-sets-dt",), toolkit_table),
-}
+    # issue 13: block reconstruction, its real-image reference, mixed precision, the data-free estimate
+    "reconstruct": (("rec-dt-lr1e-2", "rec-dt", "rec-dt-qdrop", "rec-mb-lr1e-2", "rec-mb", "rec-mb-256",
+                     "rec-mb-views3", "rec-dt-views3", "rec-dt-views3-learn", "rec-dt-kept"), reconstruct_table),
+    "reconstruct-real": (("rec-mb-real", "rec-dt-real"), reconstruct_real_table),
+    "mixed": (("mixed-dt",), mixed_table),
+    "estimate": (("estimate",), estimate_table),
+    # issue 12: DeiT-Tiny W4A8 data-free QAT
+    "qat-dt": (("qat-dt", "qat-dt-lr1e-4-mixup", "qat-dt-frozen", "qat-dt-train32", "qat-dt-lr3e-4",
+                "qat-dt-lr1e-4-warmup"), qat_table),
+    # export accuracy (issue 10; FP8: issue 17) and ONNX Runtime speed
+    "export-accuracy": (("export-acc",), export_table),
+    "export-accuracy-fp8": (("export-acc-fp8",), export_fp8_table),
+    "ort-speed": (("ort-speed-1", "ort-speed-2"), ort_speed_table),
+}  # fmt: skip
 """table name -> (the steps it reads, its renderer)."""
 
 

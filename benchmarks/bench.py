@@ -38,18 +38,22 @@ DEIT_SMI = f"{SETS}/smi500-dt-s1"
 DEIT_DI = f"{SETS}/di200-dt"
 MB_DI = f"{SETS}/di200-mb"
 MB_CMI = f"{SETS}/cmi-mb"
+# the shared assets (``make bench`` sets DFQ_ASSETS), for the scripts that take their paths: ``{assets}``
+ASSETS = Path(os.environ.get("DFQ_ASSETS", REPO.parent / "shared" / "assets"))
 
 
 @dataclass(frozen=True)
 class Step:
-    """One benchmark run: ``script`` (in benchmarks/) with ``args``; ``{out}`` is its output folder."""
+    """One benchmark run: ``script`` (in benchmarks/) with ``args``; ``{out}`` is its output folder and
+    ``{assets}`` the shared assets."""
 
     name: str
     script: str
     args: tuple[str, ...]
 
     def command(self, out: Path) -> list[str]:
-        return [sys.executable, str(REPO / "benchmarks" / self.script), *(a.format(out=out) for a in self.args)]
+        args = (a.format(out=out, assets=ASSETS) for a in self.args)
+        return [sys.executable, str(REPO / "benchmarks" / self.script), *args]
 
 
 STEPS: tuple[Step, ...] = (
@@ -72,6 +76,48 @@ STEPS: tuple[Step, ...] = (
     # other toolkits calibrated on dfq's images (issue 15)
     Step("modelopt-dt", "modelopt_sets.py", ("--set-dir", DEIT_SMI, DEIT_DI, "--out", "{out}")),
     Step("ort-sets-dt", "ort_sets.py", ("--set-dir", DEIT_SMI, DEIT_DI, "--out", "{out}")),
+    # block reconstruction on synthetic images (issue 13): W4A8 on the sets' first 64 images
+    *(Step(name, "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "64", "--iters",
+                                    "300", "--batch-size", "16", *extra, "--out", "{out}"))
+      for name, extra in (("rec-dt-lr1e-2", ("--lr", "0.01", "--reg-weight", "1")), ("rec-dt", ()),
+                          ("rec-dt-qdrop", ("--drop", "0.5")), ("rec-dt-views3", ("--views", "3")),
+                          ("rec-dt-views3-learn", ("--views", "3", "--act-ranges", "learn")),
+                          ("rec-dt-kept", ("--kept-tokens",)))),
+    *(Step(name, "reconstruct.py", ("--model", "mobilenet_v1_025", "--set-dir", MB_DI, "--iters", "500",
+                                    "--batch-size", "32", *extra, "--out", "{out}"))
+      for name, extra in (("rec-mb-lr1e-2", ("--calib-images", "64", "--lr", "0.01", "--reg-weight", "1")),
+                          ("rec-mb", ("--calib-images", "64")), ("rec-mb-256", ("--calib-images", "256")),
+                          ("rec-mb-views3", ("--calib-images", "64", "--views", "3")))),
+    # ... and its reference with real data: the last 32 sample images, the other 468 scored
+    Step("rec-mb-real", "reconstruct.py", ("--model", "mobilenet_v1_025", "--real-calib", "32", "--iters", "500",
+                                           "--batch-size", "32", "--out", "{out}")),
+    Step("rec-dt-real", "reconstruct.py", ("--model", "deit_tiny", "--real-calib", "32", "--iters", "300",
+                                           "--batch-size", "16", "--out", "{out}")),
+    # mixed precision from held-out synthetic images, and the data-free estimate against real KL (issue 13)
+    Step("mixed-dt", "precision.py", ("mixed", "--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "32",
+                                      "--holdout", "32", "--budgets", "4.5", "5", "6", "--out", "{out}")),
+    Step("estimate", "precision.py", ("estimate", "--out", "{out}")),  # reads DEIT_SMI and MB_DI
+    # DeiT-Tiny W4A8 data-free QAT (issue 12); the last two are session 8's 400-step runs
+    *(Step(name, "distill_qat.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "32",
+                                    "--batch-size", "16", "--kd", "dense=true", *extra, "--out", "{out}"))
+      for name, extra in (
+          ("qat-dt", ("--steps", "1000", "--eval-every", "100")),
+          ("qat-dt-lr1e-4-mixup", ("--steps", "1000", "--eval-every", "100", "--lr", "1e-4", "--range-lr", "3e-4",
+                                   "--kd", "mixup=0.5", "--kd", "warmup_steps=50")),
+          ("qat-dt-frozen", ("--steps", "1000", "--eval-every", "100", "--weight-ranges", "frozen")),
+          ("qat-dt-train32", ("--steps", "1000", "--eval-every", "100", "--train-images", "32")),
+          ("qat-dt-lr3e-4", ("--steps", "400", "--eval-every", "50", "--lr", "3e-4", "--range-lr", "1e-4")),
+          ("qat-dt-lr1e-4-warmup", ("--steps", "400", "--eval-every", "50", "--lr", "1e-4", "--range-lr", "1e-4",
+                                    "--kd", "warmup_steps=25")))),
+    # torch fake-quant vs the exported Q/DQ graph in ONNX Runtime (issue 10; FP8: issue 17)
+    Step("export-acc", "export_accuracy.py", ("--threads", "2", "--json", "{out}/report.json")),
+    Step("export-acc-fp8", "export_accuracy.py", ("--models", "deit_tiny", "mobilenet_v1_025", "--schemes", "w8a8-fp8",
+                                                  "--threads", "1", "--json", "{out}/report.json")),
+    # ONNX Runtime speed, twice (the spread between two runs on the same machine is part of the figure)
+    *(Step(name, "ort_speed.py", ("--model", "deit_tiny", "--checkpoint", "{assets}/weights/deit_tiny_patch16_224.pth",
+                                  "--images", "{assets}/data/imagenet-sample/val", "--rounds", "11", "--threads", "2",
+                                  "--batches", "1", "8", "--eval-images", "500", "--json", "{out}/report.json"))
+      for name in ("ort-speed-1", "ort-speed-2")),
 )  # fmt: skip
 
 
