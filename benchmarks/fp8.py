@@ -37,8 +37,11 @@ SCHEMES = {"int8 w8a8": ("w8a8", "trt"), "fp8 w8a8": ("w8a8", "fp8")}
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model, cfg, images, labels = load(args.model, args.assets, args.images)
-    if args.real_calib:  # reference: the last N sample images calibrate, the others are scored
-        calib, images, labels = images[-args.real_calib :], images[: -args.real_calib], labels[: -args.real_calib]
+    held = args.real_calib or args.hold_out  # the last images are never scored, whatever calibrates
+    if held:
+        real, images, labels = images[-held:], images[:-held], labels[:-held]
+    if args.real_calib:  # reference: the last N sample images calibrate
+        calib = real
         source = f"real: the last {args.real_calib} sample images (not scored)"
     else:
         calib = synthetic_set(args.set_dir, model, args.model, cfg, args.method, args.num_images,
@@ -67,6 +70,8 @@ def main() -> int:
     ap.add_argument("--method", default="smi", help="inversion method when --set-dir does not exist yet")
     ap.add_argument("--num-images", type=int, default=32, help="images of a set made here")
     ap.add_argument("--set", dest="settings", action="append", default=[], help="inversion KEY=VALUE")
+    ap.add_argument("--hold-out", type=int, default=32,
+                    help="the last N sample images are not scored (so synthetic and real rows share their images)")
     ap.add_argument("--real-calib", type=int, default=0,
                     help="reference: calibrate on the LAST N sample images instead, score on the others")  # fmt: skip
     ap.add_argument("--images", type=int, default=500, help="real sample images scored")
