@@ -35,14 +35,15 @@ def test_invert_then_calibrate_on_the_saved_sparse_set(tmp_path, image_folder, c
     assert calib.keep_index.shape == (2, 1 + 25)  # 100 patches -> int(100 * 0.5) = 50 -> 25, plus CLS
     assert not (tmp_path / "smi-set.ckpt").exists()
 
-    run = tmp_path / "run"
-    code, stdout, err = run_cli(
-        ["calibrate", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--calib-set", str(out),
-         "--eval-folder", str(image_folder), "--out", str(run), "--json"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err
-    assert json.loads(stdout)["calibration"]["sparse"] is True
+    for flag, sparse in (([], False), (["--kept-tokens"], True)):  # dense by default; kept tokens on request
+        run = tmp_path / f"run{len(flag)}"
+        code, stdout, err = run_cli(
+            ["calibrate", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--calib-set", str(out),
+             "--eval-folder", str(image_folder), "--out", str(run), "--json", *flag],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        assert json.loads(stdout)["calibration"]["sparse"] is sparse
 
     # a set made for another resolution is refused with one line
     code, _, err = run_cli(

@@ -75,9 +75,11 @@ def _numerics() -> list[str]:
     help="Inversion setting (any field of the method's config), repeatable.",
 )
 @click.option(
-    "--dense-calibration",
-    is_flag=True,
-    help="Forward every token of a sparse (SMI) set instead of only the kept tokens.",
+    "--dense-calibration/--kept-tokens",
+    default=True,
+    show_default=True,
+    help="Sparse (SMI) sets: forward every token (measured closer to FP: W8A8 DeiT-Tiny KL 0.030 vs 0.038) "
+    "or only the kept tokens (the SMI paper's recipe).",
 )
 @click.option("--num-images", type=int, default=32, show_default=True, help="Calibration images.")
 @click.option("--eval-folder", type=click.Path(), default=None, help="ImageNet-style <wnid>/<image> folder.")

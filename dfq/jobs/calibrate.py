@@ -57,7 +57,9 @@ class CalibrateRequest:
         source: where the calibration images come from.
         model, checkpoint, pretrained: the float model (timm name or alias; a label only when the
             module is passed to :func:`run_calibrate`).
-        dense_calibration: forward every token of a sparse (SMI) set instead of only the kept ones.
+        dense_calibration: forward every token of a sparse (SMI) set (default; measured closer to FP
+            than the kept tokens alone: BENCHMARKS.md) instead of only the kept ones (the SMI paper's
+            recipe).
         num_images, seed: size and seed of the calibration set.
         eval_folder: ImageNet-style ``<wnid>/<image>`` folder for accuracy, agreement and KL.
         eval_images: evaluate on at most this many images (None = all).
@@ -85,7 +87,7 @@ class CalibrateRequest:
     model: str | None = None
     checkpoint: str | None = None
     pretrained: bool = True
-    dense_calibration: bool = False
+    dense_calibration: bool = True
     num_images: int = 32
     seed: int = 0
     eval_folder: str | None = None
@@ -191,7 +193,8 @@ def calibration_forward_loop(
     """A ``forward_loop`` over a calibration set.
 
     Sets that carry kept-token ids (SMI) forward only the kept tokens, the SMI paper's recipe
-    (section 4.3); ``dense=True`` forwards all tokens instead, for comparison.
+    (section 4.3), unless ``dense=True`` (what :class:`CalibrateRequest` asks for by default), which
+    forwards every token.
     """
 
     def loop(model: nn.Module) -> None:
