@@ -105,4 +105,5 @@ def bench_ort(run: str, batch_sizes: tuple[int, ...], threads: int | None, round
                    f"{v['speedup']:.2f}x{quart}")  # fmt: skip
     load = r["load_before"]["loadavg"][0]
     click.echo(f"load average before timing: {load:.2f}; "
-               + ("machine idle" if r["idle"] else "NOT idle: this ratio is not a figure"))  # fmt: skip
+               + ("machine idle" if r["idle"] else "NOT idle, this ratio is not a figure: "
+                  + "; ".join(r["machine_load"]["not_idle_because"])))  # fmt: skip

@@ -6,8 +6,8 @@ get ORT sessions with the same thread count and are timed *interleaved* (FP32, I
 batch size (:func:`dfq.export.latency.time_rounds`), after a warm-up. The report holds, per batch,
 the median milliseconds of each, ``speedup`` = FP32 / INT8 (above 1: the quantized graph is faster)
 and the quartiles of the per-round ratios, plus the machine's load before the timing
-(:func:`dfq.loadcheck.snapshot`): a speedup measured on a busy machine is not a figure, and the
-report says so (``idle``).
+and the other busy processes before and after it (:func:`dfq.loadcheck.measure_load`): a speedup
+measured on a busy machine is not a figure, and the report says so (``idle``, ``not_idle_because``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from torch import nn
 
 from dfq.errors import DfqError
 
-__all__ = ["ort_speedup", "IDLE_LOAD"]
-
-IDLE_LOAD = 0.5
-"""One-minute load average under which the machine counts as idle for a timing."""
+__all__ = ["ort_speedup"]
 
 
 def _export_float(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
@@ -76,14 +73,15 @@ def ort_speedup(
         model: the float architecture of a run built in Python (None: the recipe's timm model).
 
     Returns:
-        ``{"load_before", "idle", "threads", "batches": {"1": {"fp32_ms", "int8_ms", "speedup",
-        "speedup_q1_median_q3"}, ...}}``.
+        ``{"machine_load", "load_before", "idle", "threads", "batches": {"1": {"fp32_ms", "int8_ms",
+        "speedup", "speedup_q1_median_q3"}, ...}}`` (``machine_load``: :func:`dfq.loadcheck.measure_load`'s
+        record, with ``not_idle_because``).
 
     Raises:
         DfqError: no exported graph in the run, onnxruntime missing, a bad batch size.
     """
     from dfq.jobs.export import QDQ_ONNX
-    from dfq.loadcheck import snapshot
+    from dfq.loadcheck import measure_load, snapshot
     from dfq.models import data_config
     from dfq.runs import read_recipe
 
@@ -100,23 +98,24 @@ def ort_speedup(
     from dfq.export.latency import paired_quartiles, time_rounds
     from dfq.export.runtime import ort_predictor
 
+    start = snapshot()  # before this function's own work (export, sessions) raises the load average
     recipe = read_recipe(run)
     fmodel = _float_model(recipe, model)
     size = recipe.get("data_config", {}).get("input_size") or data_config(fmodel)["input_size"]
     shape = tuple(int(s) for s in size)
-    load = snapshot()
-    result: dict[str, Any] = {"load_before": load, "idle": load["loadavg"][0] < IDLE_LOAD, "threads": threads,
-                              "rounds": rounds, "iters": iters, "batches": {}}  # fmt: skip
+    result: dict[str, Any] = {"threads": threads, "rounds": rounds, "iters": iters, "batches": {}}
     with tempfile.TemporaryDirectory(prefix="dfq-speed-") as tmp:
         fp32 = ort_predictor(_export_float(fmodel, Path(tmp) / "fp32.onnx", shape), threads=threads)
         int8 = ort_predictor(qdq, threads=threads)
         gen = torch.Generator().manual_seed(0)
-        for bs in batch_sizes:
-            x = torch.randn(bs, *shape, generator=gen)
-            t = time_rounds({"fp32": fp32, "int8": int8}, x, rounds=rounds, iters=iters, warmup=warmup)
-            f, q = statistics.median(t["fp32"]), statistics.median(t["int8"])
-            result["batches"][str(bs)] = {
-                "fp32_ms": round(f * 1e3, 2), "int8_ms": round(q * 1e3, 2), "speedup": round(f / q, 3),
-                "speedup_q1_median_q3": paired_quartiles(t["fp32"], t["int8"]) if rounds > 1 else None,
-            }  # fmt: skip
+        with measure_load(warn=False, start=start) as load:
+            for bs in batch_sizes:
+                x = torch.randn(bs, *shape, generator=gen)
+                t = time_rounds({"fp32": fp32, "int8": int8}, x, rounds=rounds, iters=iters, warmup=warmup)
+                f, q = statistics.median(t["fp32"]), statistics.median(t["int8"])
+                result["batches"][str(bs)] = {
+                    "fp32_ms": round(f * 1e3, 2), "int8_ms": round(q * 1e3, 2), "speedup": round(f / q, 3),
+                    "speedup_q1_median_q3": paired_quartiles(t["fp32"], t["int8"]) if rounds > 1 else None,
+                }  # fmt: skip
+    result.update(machine_load=load, idle=load["idle"], load_before=start)
     return result

@@ -8,7 +8,8 @@ import pytest
 
 from dfq.errors import DfqError
 from dfq.jobs.export import export_run
-from dfq.jobs.speed import IDLE_LOAD, ort_speedup
+from dfq.jobs.speed import ort_speedup
+from dfq.loadcheck import judge
 from tests._cli import run_cli
 from tests._helpers import _one_line, _timm_run
 
@@ -28,7 +29,9 @@ def test_ort_speedup_reports_both_graphs_per_batch(exported) -> None:
         assert v["speedup"] == pytest.approx(v["fp32_ms"] / v["int8_ms"], rel=0.05)
         q1, med, q3 = v["speedup_q1_median_q3"]
         assert q1 <= med <= q3
-    assert r["idle"] == (r["load_before"]["loadavg"][0] < IDLE_LOAD)
+    load = r["machine_load"]
+    assert r["load_before"] is load["start"]
+    assert r["idle"] == (not judge(load["before"], load["after"], start=load["start"])) == (not load["not_idle_because"])
     assert r["threads"] == 1
 
 
