@@ -7,9 +7,10 @@ table, its figures formatted as the hand-written tables they replace.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
+
+from dfq.stats import spearman
 
 Report = Any
 Items = list[tuple[str, Report, dict[str, Any]]]
@@ -43,34 +44,6 @@ def num(x: float) -> str:
 
 def _m(m: dict[str, float]) -> str:
     return f"{100 * m['top1']:.1f} / {m['agreement']:.3f} / {kl_text(m['kl'])}"
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation of ``a`` and ``b``: Pearson's on their ranks, ties given their mean rank.
-
-    >>> spearman([1, 2, 3, 4], [10, 20, 40, 30])
-    0.8
-    >>> spearman([1, 2, 2, 3], [3, 2, 2, 1])
-    -1.0
-    """
-
-    def ranks(x: list[float]) -> list[float]:
-        order = sorted(range(len(x)), key=lambda i: x[i])
-        r = [0.0] * len(x)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-                j += 1
-            for k in order[i : j + 1]:
-                r[k] = (i + j) / 2
-            i = j + 1
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    return round(cov / math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)), 6)
 
 
 # --- block reconstruction (benchmarks/reconstruct.py) ---------------------------------------------------

@@ -44,33 +44,9 @@ from dfq.loadcheck import snapshot  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from dfq.quant.sensitivity import Sensitivity, choose_widths  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
+from dfq.stats import spearman  # noqa: E402
 
 SETS = {"deit_tiny": "runs/sets/smi500-dt-s1", "mobilenet_v1_025": "runs/sets/di200-mb"}
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties).
-
-    >>> spearman([1, 2, 3, 4], [10, 20, 40, 30])
-    0.8
-    """
-
-    def ranks(x: list[float]) -> list[float]:
-        order = sorted(range(len(x)), key=lambda i: x[i])
-        r = [0.0] * len(x)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    ra, rb = torch.tensor(ranks(a), dtype=torch.float64), torch.tensor(ranks(b), dtype=torch.float64)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return round(float((ra * rb).sum() / (ra.norm() * rb.norm())), 6)
 
 
 class Bench:

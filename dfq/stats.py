@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["mcnemar_p", "bootstrap_resamples", "bootstrap_interval", "PairedComparison", "paired_comparison"]
+__all__ = ["spearman", "mcnemar_p", "bootstrap_resamples", "bootstrap_interval", "PairedComparison", "paired_comparison"]
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -177,3 +177,31 @@ def paired_comparison(
         kl_diff=float(d_kl.mean()),
         kl_ci=bootstrap_interval(d_kl, resamples, level),
     )
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of ``a`` and ``b``: Pearson's on their ranks, ties given their mean rank.
+
+    >>> spearman([1, 2, 3, 4], [10, 20, 40, 30])
+    0.8
+    >>> spearman([1, 2, 2, 3], [3, 2, 2, 1])
+    -1.0
+    """
+
+    def ranks(x: list[float]) -> list[float]:
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in order[i : j + 1]:
+                r[k] = (i + j) / 2
+            i = j + 1
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    return round(cov / math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)), 6)
