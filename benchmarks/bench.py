@@ -38,6 +38,8 @@ DEIT_SMI = f"{SETS}/smi500-dt-s1"
 DEIT_DI = f"{SETS}/di200-dt"
 MB_DI = f"{SETS}/di200-mb"
 MB_CMI = f"{SETS}/cmi-mb"
+MB_CMI_S1 = f"{SETS}/cmi-mb-s1"
+MB_CMI64 = f"{SETS}/cmi-mb-64"
 # the shared assets (``make bench`` sets DFQ_ASSETS), for the scripts that take their paths: ``{assets}``
 ASSETS = Path(os.environ.get("DFQ_ASSETS", REPO.parent / "shared" / "assets"))
 
@@ -66,6 +68,9 @@ STEPS: tuple[Step, ...] = (
                                        "256", "--set", "iterations=200", "--set", "batch_size=64", "--out", MB_DI)),
     Step("set-mb-cmi", "make_set.py", ("--model", "mobilenet_v1_025", "--method", "cmi", "--num-images", "32",
                                         "--set", "ngf=16", "--out", MB_CMI)),
+    Step("set-mb-cmi-s1", "make_set.py", ("--model", "mobilenet_v1_025", "--method", "cmi", "--num-images", "32",
+                                           "--seed", "1", "--set", "ngf=16", "--out", MB_CMI_S1)),
+    Step("set-mb-cmi64", "merge_sets.py", (MB_CMI64, MB_CMI, MB_CMI_S1)),
     # FP8 against INT8 (issue 17)
     Step("fp8-dt-smi", "fp8.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--out", "{out}")),
     Step("fp8-dt-di", "fp8.py", ("--model", "deit_tiny", "--set-dir", DEIT_DI, "--out", "{out}")),
@@ -88,6 +93,9 @@ STEPS: tuple[Step, ...] = (
       for name, extra in (("rec-mb-lr1e-2", ("--calib-images", "64", "--lr", "0.01", "--reg-weight", "1")),
                           ("rec-mb", ("--calib-images", "64")), ("rec-mb-256", ("--calib-images", "256")),
                           ("rec-mb-views3", ("--calib-images", "64", "--views", "3")))),
+    *(Step(name, "reconstruct.py", ("--model", "mobilenet_v1_025", "--set-dir", set_dir, "--calib-images", n,
+                                    "--iters", "500", "--batch-size", "32", "--out", "{out}"))
+      for name, set_dir, n in (("rec-mb-cmi", MB_CMI, "32"), ("rec-mb-cmi64", MB_CMI64, "64"))),
     # ... and its reference with real data: the last 32 sample images, the other 468 scored
     Step("rec-mb-real", "reconstruct.py", ("--model", "mobilenet_v1_025", "--real-calib", "32", "--iters", "500",
                                            "--batch-size", "32", "--out", "{out}")),
@@ -147,6 +155,12 @@ def run_step(step: Step, redo: bool) -> bool:
     if report.exists() and not redo:
         return True
     out.mkdir(parents=True, exist_ok=True)
+    made = None
+    if step.script in ("make_set.py", "merge_sets.py"):  # a set step's "report" is the set itself
+        made = step.args[step.args.index("--out") + 1] if "--out" in step.args else step.args[0]
+        if (REPO / made / "calibration.json").exists():  # made earlier (by hand or another bench): reuse it
+            report.write_text(json.dumps({"set": made, "reused": True}) + "\n")
+            return True
     cmd = step.command(out)
     shown = " ".join(["python", f"benchmarks/{step.script}", *cmd[2:]])
     print(f"\n[bench] {step.name}: {shown}", flush=True)
@@ -158,8 +172,8 @@ def run_step(step: Step, redo: bool) -> bool:
     if done.returncode != 0:
         print(f"[bench] {step.name} failed (exit {done.returncode}); see {out / 'log.txt'}", flush=True)
         return False
-    if step.script == "make_set.py":  # a set step's "report" is the set itself
-        report.write_text(json.dumps({"set": step.args[step.args.index("--out") + 1]}) + "\n")
+    if made is not None:
+        report.write_text(json.dumps({"set": made}) + "\n")
     provenance = {"command": shown, "started": start, "seconds": round(time.perf_counter() - t0, 1),
                   "load_at_start": round(load, 2), "machine": machine(), "versions": versions()}  # fmt: skip
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
