@@ -39,6 +39,7 @@ from dfq.evaluation import Predictor, classification_metrics  # noqa: E402
 from dfq.export.latency import paired_quartiles, time_rounds  # noqa: E402
 from dfq.export.onnx import export_onnx  # noqa: E402
 from dfq.export.runtime import ort_predictor  # noqa: E402
+from dfq.jobs.speed import export_float_onnx as export_fp32  # noqa: E402
 from dfq.loadcheck import measure_load, snapshot  # noqa: E402
 from dfq.models import data_config, eval_transform, load_model  # noqa: E402
 from dfq.quant.variants import VariantEvaluator, calibrated_copy, image_batches_loop  # noqa: E402
@@ -56,24 +57,6 @@ def time_batch(result: dict, preds: dict, calib: torch.Tensor, bs: int, args: ar
         **{f"ort_static/{k}": round(med["ort_static"] / med[k], 3) for k in ("dfq", "dfq_ort")},
     }
     print(f"batch {bs}: {result['latency'][f'batch{bs}']}", file=sys.stderr)
-
-
-def export_fp32(model: torch.nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
-    import warnings
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(2, *shape),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return path
 
 
 def ort_static(fp32: Path, out: Path, calib: torch.Tensor) -> Path:

@@ -24,10 +24,12 @@ from torch import nn
 
 from dfq.errors import DfqError
 
-__all__ = ["ort_speedup"]
+__all__ = ["ort_speedup", "export_float_onnx"]
 
 
-def _export_float(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+def export_float_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    """The float ``model`` as an FP32 ONNX file (opset 17, dynamic batch, input ``input``), the
+    baseline a Q/DQ graph is timed against."""
     model = model.cpu().eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,7 +107,7 @@ def ort_speedup(
     shape = tuple(int(s) for s in size)
     result: dict[str, Any] = {"threads": threads, "rounds": rounds, "iters": iters, "batches": {}}
     with tempfile.TemporaryDirectory(prefix="dfq-speed-") as tmp:
-        fp32 = ort_predictor(_export_float(fmodel, Path(tmp) / "fp32.onnx", shape), threads=threads)
+        fp32 = ort_predictor(export_float_onnx(fmodel, Path(tmp) / "fp32.onnx", shape), threads=threads)
         int8 = ort_predictor(qdq, threads=threads)
         gen = torch.Generator().manual_seed(0)
         with measure_load(warn=False, start=start) as load:
