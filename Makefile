@@ -29,10 +29,13 @@ demo: venv
 	$(BIN)/python benchmarks/demo.py --assets $(ASSETS) --out runs/demo
 
 # Runs the benchmark steps of benchmarks/bench.py that have no report yet (hours the first time; an
-# interrupted run continues) and rewrites BENCHMARKS.md's generated tables. Not part of CI.
+# interrupted run continues), rewrites BENCHMARKS.md's generated tables and redraws its figures in
+# docs/img (benchmarks/plots.py, matplotlib from the bench extra). Not part of CI.
 bench: venv
 	@test -f $(ASSETS)/weights/deit_tiny_patch16_224.pth || { echo "error: bench needs the shared assets at $(ASSETS) (set ASSETS=...)"; exit 2; }
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e ".[bench]"
 	DFQ_ASSETS=$(ASSETS) $(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/plots.py --bench-dir runs/bench --runs runs --out docs/img
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
