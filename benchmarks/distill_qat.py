@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--reconstruct-iters", type=int, default=0,
                     help="block reconstruction (AdaRound per block) on the calibration images before QAT, this many "
                          "steps per unit (0: none), as dfq calibrate --reconstruct")  # fmt: skip
+    ap.add_argument("--reconstruct-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="other ReconstructConfig KEY=VALUE (batch_size, views, act_ranges, ...)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     start = snapshot()
@@ -67,7 +69,8 @@ def main() -> int:
     calibrated = evaluate_student(qmodel, ev)
     reconstructed = None
     if args.reconstruct_iters:
-        reconstruct(qmodel, head, ReconstructConfig(iters=args.reconstruct_iters),
+        rcfg = ReconstructConfig(iters=args.reconstruct_iters, **parse_overrides(ReconstructConfig, args.reconstruct_option))
+        reconstruct(qmodel, head, rcfg,
                     checkpoint=args.out / "reconstruct.ckpt")  # fmt: skip
         reconstructed = evaluate_student(qmodel, ev)
         print("reconstructed", reconstructed, flush=True)

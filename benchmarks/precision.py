@@ -123,10 +123,21 @@ def _configs(name: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _sets(args: argparse.Namespace) -> dict[str, str]:
+    """The synthetic set of each model: :data:`SETS` with ``--model-set MODEL=DIR`` overrides."""
+    out = dict(SETS)
+    for item in args.model_set:
+        name, sep, path = item.partition("=")
+        if not sep or name not in SETS:
+            raise SystemExit(f"error: --model-set takes MODEL=DIR with MODEL one of {sorted(SETS)}, got {item!r}")
+        out[name] = path
+    return out
+
+
 def run_estimate(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for name in args.models:
-        b = Bench(name, args.assets, Path(SETS[name]), args.calib_images, args.holdout, args.batch)
+        b = Bench(name, args.assets, Path(_sets(args)[name]), args.calib_images, args.holdout, args.batch)
         g = torch.Generator().manual_seed(0)
         sources = {"synthetic": b.calib, "noise": torch.randn(b.calib.shape, generator=g),
                    "real": calibration_images(name, args.assets, b.cfg, b.images, len(b.calib))}  # fmt: skip
@@ -145,7 +156,8 @@ def run_estimate(args: argparse.Namespace) -> dict[str, Any]:
         name: spearman([r["held_kl"] for r in results if r["model"] == name], [r["kl"] for r in results if r["model"] == name])
         for name in args.models
     }  # fmt: skip
-    return {"configs": results, "spearman_pooled": spearman([r["held_kl"] for r in results], [r["kl"] for r in results]),
+    return {"sets": {name: _sets(args)[name] for name in args.models}, "configs": results,
+            "spearman_pooled": spearman([r["held_kl"] for r in results], [r["kl"] for r in results]),
             "spearman_by_model": by_model}  # fmt: skip
 
 
@@ -176,6 +188,9 @@ def main() -> int:
     ap.add_argument("--model", default="deit_tiny", choices=list(SETS))
     ap.add_argument("--models", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--set-dir", type=Path, default=None)
+    ap.add_argument("--model-set", action="append", default=[], metavar="MODEL=DIR",
+                    help="estimate: this model's synthetic set instead of the default (calibration on its first "
+                         "--calib-images, held out its last --holdout)")  # fmt: skip
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--holdout", type=int, default=32, help="the set's last N images, never calibrated on")
     ap.add_argument("--budgets", type=float, nargs="+", default=[4.5, 5.0, 6.0])
