@@ -49,10 +49,10 @@ def main() -> int:
     rows = []
     for source in args.sources:
         t0 = time.perf_counter()
+        items = [s.split(":", 1)[1] for s in args.settings if s.startswith(f"{source}:")]
         if source == "real":
             calib = real
         else:
-            items = [s.split(":", 1)[1] for s in args.settings if s.startswith(f"{source}:")]
             extra = parse_overrides(get_inverter(source).config_cls, items)
             calib = dfq.invert(model, source, num_images=args.num_images, seed=0, **extra).images
         made = time.perf_counter() - t0
@@ -63,7 +63,7 @@ def main() -> int:
                 f"KL {m['kl']:.4f} (set made in {made:.0f} s)",
                 flush=True,
             )
-            rows.append({"source": source, "scheme": scheme, **m, "seconds_to_make": round(made, 1)})
+            rows.append({"source": source, "settings": items, "scheme": scheme, **m, "seconds_to_make": round(made, 1)})
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -71,7 +71,7 @@ def main() -> int:
     result = distill(teacher, student, dcfg, calib=calib, eval_data=ev, checkpoint=args.out / "kd.ckpt")
     report = {
         "teacher": "resnet56", "student": "resnet20 (random init)", "machine_load_start": start,
-        "set": set_record(calib, set_dir), "config": dcfg.to_dict(), "teacher_metrics": evaluate_student(teacher, ev),
+        "set": set_record(calib, set_dir, iterations=calib.provenance.get("iterations")), "config": dcfg.to_dict(), "teacher_metrics": evaluate_student(teacher, ev),
         "final": evaluate_student(result.student, ev),
         "wall": {"set_or_load": round(t1 - t0, 1), "kd_this_process": round(time.perf_counter() - t1, 1)},
         **run_record(result),

@@ -15,17 +15,24 @@ timed rounds goes into the JSON (``load``, :mod:`dfq.loadcheck`): time only on a
 The script uses only APIs older than the sync counter (``load_model``, ``quantize_``, ``calibrate``,
 ``preset``); the counter is imported from ``dfq.quant.syncs`` when it exists and defined here
 otherwise, so the same script measures an older checkout (the "before" of a change):
-``git worktree add /tmp/before <commit> && PYTHONPATH=/tmp/before python benchmarks/fakequant_overhead.py ...``.
+``git worktree add /tmp/before <commit> && PYTHONPATH=/tmp/before python benchmarks/fakequant_overhead.py ...``,
+or ``--code <commit>``, which lays that commit's package out in a temporary folder (``git archive``, as it
+installs: ``calibrators/`` and ``export/`` as ``dfq.calibrators`` / ``dfq.export``) and reruns the script
+with it first on ``PYTHONPATH``. The JSON's ``code`` names the commit measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards of each model first (default: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the result here")
+    p.add_argument("--code", default=None, metavar="REV",
+                   help="measure the dfq of this git revision instead of the one installed (see above)")  # fmt: skip
     args = p.parse_args(argv)
     if args.rounds < 1 or args.iters < 1 or args.batch_size < 1:
         p.error("--rounds, --iters and --batch-size must be at least 1")
@@ -125,8 +134,54 @@ def time_interleaved(
     return times
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def checkout_code() -> dict[str, Any]:
+    """The commit of the checkout this script imports dfq from, and whether its package differs from it."""
+    try:
+        return {"commit": _git("rev-parse", "HEAD"),
+                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", "dfq", "calibrators", "export"))}  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None}
+
+
+def run_revision(rev: str, argv: list[str]) -> dict[str, Any] | None:
+    """Run this script with the package of git revision ``rev`` first on ``PYTHONPATH``; its result, with
+    ``code`` naming ``rev``."""
+    commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit, "dfq", "calibrators", "export"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="dfq-code-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            members = t.getmembers()
+            for m in members:  # calibrators/ and export/ install as dfq.calibrators and dfq.export
+                top, _, rest = m.name.partition("/")
+                if top in ("calibrators", "export"):
+                    m.name = f"dfq/{top}/{rest}" if rest else f"dfq/{top}"
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
+            t.extractall(tmp, members=members, **safe)
+        child = [a for i, a in enumerate(argv)  # the arguments without --code REV / --code=REV
+                 if not (a == "--code" or a.startswith("--code=") or (i and argv[i - 1] == "--code"))]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")]))}
+        subprocess.run([sys.executable, __file__, *child], env=env, check=True)
     args = parse_args(argv)
+    if not args.json:
+        return None
+    result = json.loads(args.json.read_text())
+    result["code"] = {"commit": commit, "revision": rev}
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.code:
+        return run_revision(args.code, list(sys.argv[1:] if argv is None else argv))
     start = snapshot()  # before any work of our own (dfq.loadcheck judges this load average)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -161,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "per_round_ratio": [round(q / f, 3) for q, f in zip(times["fakequant"], times["float"], strict=True)],
         "host_syncs_per_forward": syncs,
         "torch": torch.__version__,
+        "code": checkout_code(),
         "load": load,
     }
     print(json.dumps({k: v for k, v in result.items() if k not in ("load", "per_round_ratio")}, indent=1))

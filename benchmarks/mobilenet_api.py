@@ -4,7 +4,7 @@ The shared MobileNet-v1 weights are not a timm pretrained tag: the caller builds
 (TF "same" padding, BN eps 1e-3) and passes its preprocessing (``x / 127.5 - 1``, i.e. mean = std =
 0.5). This is how a deployment pipeline embeds dfq for its own models.
 
-    python benchmarks/mobilenet_api.py --out runs/mbv1-w8a8 [--calibrator mse] [--bias-correction off]
+    python benchmarks/mobilenet_api.py --out runs/mbv1-w8a8 [--calibrator mse] [--bias-correction off] [--json R.json]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--scheme", default="w8a8", choices=["w8a8", "w4a8"])
     ap.add_argument("--calibrator", default="minmax")
     ap.add_argument("--bias-correction", default="auto", choices=["auto", "on", "off"])
+    ap.add_argument("--json", type=Path, default=None, help="also write the run's report here")
     args = ap.parse_args()
     assets = Path(args.assets)
 
@@ -48,6 +49,8 @@ def main() -> int:
     )
     report = run_calibrate(request, model=model)
     print(json.dumps({k: report[k] for k in ("fp", "quant", "agreement", "kl")}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
 
 

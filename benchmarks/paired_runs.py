@@ -8,11 +8,14 @@ McNemar test on the discordant images, and the mean KL(FP ‖ run) difference wi
 (:func:`dfq.stats.paired_comparison`).
 
     python benchmarks/paired_runs.py --model deit_tiny runs/dt-w8a8-di-trt runs/dt-w8a8-smi runs/dt-w8a8-noise
+
+``--json PATH`` also writes every run's figures and every comparison there.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--assets", type=Path, default=default_assets())
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures and comparisons here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _, images, labels = load(args.model, args.assets, args.eval_images)
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     resamples = bootstrap_resamples(len(labels))
     right_b = results[base].logits.argmax(-1) == labels
+    comparisons = []
     for name, r in list(results.items())[1:]:
         c = paired_comparison(r.logits.argmax(-1) == labels, right_b, kls[name], kls[base], resamples)
         (t_lo, t_hi), (k_lo, k_hi) = c.top1_ci, c.kl_ci
@@ -59,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{c.only_candidate} / {c.only_baseline}, p = {c.mcnemar_p:.2f} | "
             f"{c.kl_diff:+.4f} ({k_lo:+.4f}, {k_hi:+.4f}) |"
         )
+        comparisons.append({"run": name, "baseline": base, "top1_diff": c.top1_diff, "top1_ci": [t_lo, t_hi],
+                            "only_run": c.only_candidate, "only_baseline": c.only_baseline,
+                            "mcnemar_p": c.mcnemar_p, "kl_diff": c.kl_diff, "kl_ci": [k_lo, k_hi]})  # fmt: skip
+    if args.json:
+        runs = {name: {**r.metrics, "kl": float(kls[name].mean())} for name, r in results.items()}
+        report = {"num_images": len(labels), "fp": ev.reference_metrics, "runs": runs, "comparisons": comparisons}
+        args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
     return 0
 
 

@@ -98,7 +98,7 @@ def main() -> int:
     report = {
         "model": args.model, "scheme": args.scheme, "machine_load_start": start,
         "set": set_info, "scored_images": len(images),
-        "config": dataclasses.asdict(rcfg), "fp": fp, "calibration_alone": calibrated, "reconstructed": final,
+        "site_calibrators": args.site_calibrator, "config": dataclasses.asdict(rcfg), "fp": fp, "calibration_alone": calibrated, "reconstructed": final,
         "wall": {"set_or_load": round(t1 - t0, 1), "calibrate_and_baseline": round(t2 - t1, 1),
                  "reconstruct_this_process": round(t3 - t2, 1)},
         "reconstruct_seconds_total": round(sum(u.seconds for u in units), 1),
