@@ -12,6 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _tables_extra import (
+    cnn_cifar_table,
+    cnn_mobilenet_table,
+    dt_calib_table,
+    mobilenet_table,
+    noise_placement_table,
+    paired_table,
+    smi_calib_table,
+    variance_table,
+)
 from _tables_more import (
     MODEL_NAMES,
     estimate_table,
@@ -22,6 +32,14 @@ from _tables_more import (
     qat_table,
     reconstruct_real_table,
     reconstruct_table,
+)
+from _tables_train import (
+    fakequant_table,
+    inversion_speed_table,
+    kd_cifar_table,
+    probe_long_table,
+    probe_table,
+    rec_w8a8_table,
 )
 
 Report = dict[str, Any]
@@ -96,6 +114,27 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     "export-accuracy": (("export-acc",), export_table),
     "export-accuracy-fp8": (("export-acc-fp8",), export_fp8_table),
     "ort-speed": (("ort-speed-1", "ort-speed-2"), ort_speed_table),
+    # DeiT-Tiny and MobileNet-v1 calibration variants on 32 real or noise images
+    "dt-calib": (("ablate-dt",), dt_calib_table),
+    "noise-placement": (("ablate-dt",), noise_placement_table),
+    "mobilenet-api": (("mb-api", "ablate-mb"), mobilenet_table),
+    # DeiT-Tiny on SMI / dense DeepInversion / real / noise images: the runs, paired, and over subsets
+    "smi-calib": (tuple(f"dt-w8a8{n}" for n in ("-real", "-smi", "-smi-dense", "-noise", "-di", "-di-random46",
+                  "-di-attention46", "-paper-real", "-paper-smi", "-paper-noise", "-paper-di")), smi_calib_table),
+    "smi-paired": (("paired-dt-w8a8",), paired_table),
+    "calib-variance": (("calib-variance-dt",), variance_table),
+    # BN CNNs on inverted images; CIFAR-10 KD and the DeiT-Tiny linear probe (issue 12)
+    "cnn-cifar": (("cnn-resnet56",), cnn_cifar_table),
+    "cnn-mobilenet": (("cnn-mb",), cnn_mobilenet_table),
+    "kd-cifar": (("kd-cifar-di", "kd-cifar-noise", "kd-cifar-di-mix", "kd-cifar-noise-mix"), kd_cifar_table),
+    "probe": (("probe-dt",), probe_table),
+    "probe-long": (("probe-dt-long",), probe_long_table),
+    # W8A8 DeiT-Tiny: per-site calibrators and reconstruction with learned activation ranges (issue 13)
+    "rec-w8a8": (("w8-calibrators", "rec-dt-w8-learn1e-3", "rec-dt-w8-learn1e-2", "rec-dt-w8-fc2mse-learn1e-2"),
+                 rec_w8a8_table),
+    # timings, each step alone: fake-quant forward before/after the host-sync removal, inversion speed
+    "fakequant-overhead": (("fq-overhead-before", "fq-overhead-now"), fakequant_table),
+    "inversion-speed": (("inversion-speed-deit-base",), inversion_speed_table),
 }  # fmt: skip
 """table name -> (the steps it reads, its renderer)."""
 
