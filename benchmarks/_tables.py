@@ -39,6 +39,7 @@ from _tables_train import (
     kd_cifar_table,
     probe_long_table,
     probe_table,
+    qat_rec_table,
     rec_w8a8_table,
 )
 
@@ -58,12 +59,15 @@ def provenance_lines(items: list[tuple[str, Report]]) -> list[str]:
     >>> provenance_lines([("s", {"command": "python x.py", "started": "2026-12-02 03:00:00 UTC", "seconds": 12.0,
     ...                           "load_at_start": 0.3, "machine": "2 CPU cores", "versions": {"torch": "2.9"}})])
     ['- `s`: `python x.py` — 2026-12-02 03:00:00 UTC, 12 s, load 0.30 at the start; 2 CPU cores; torch 2.9']
+
+    A timing step that found no idle machine says so (``waited_for_idle`` false in its provenance).
     """
     out = []
     for name, p in items:
         vers = ", ".join(f"{k} {v}" for k, v in p["versions"].items() if k != "python")
+        busy = " (**not idle**: its timings are not figures)" if p.get("waited_for_idle") is False else ""
         out.append(f"- `{name}`: `{p['command']}` — {p['started']}, {p['seconds']:.0f} s, load "
-                   f"{p['load_at_start']:.2f} at the start; {p['machine']}; {vers}")  # fmt: skip
+                   f"{p['load_at_start']:.2f} at the start{busy}; {p['machine']}; {vers}")  # fmt: skip
     return out
 
 
@@ -102,14 +106,16 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     "ort-static": (("ort-sets-dt",), toolkit_table),
     # issue 13: block reconstruction, its real-image reference, mixed precision, the data-free estimate
     "reconstruct": (("rec-dt-lr1e-2", "rec-dt", "rec-dt-qdrop", "rec-mb-lr1e-2", "rec-mb", "rec-mb-256",
-                     "rec-mb-views3", "rec-mb-cmi", "rec-mb-cmi64", "rec-dt-views3", "rec-dt-views3-learn",
-                     "rec-dt-kept"), reconstruct_table),
+                     "rec-mb-views3", "rec-mb-cmi", "rec-mb-cmi64", "rec-mb-cmi96", "rec-dt-views3", "rec-dt-views3-learn",
+                     "rec-dt-kept", "rec-dt-smi4k", "rec-dt-di"), reconstruct_table),
     "reconstruct-real": (("rec-mb-real", "rec-dt-real"), reconstruct_real_table),
     "mixed": (("mixed-dt",), mixed_table),
     "estimate": (("estimate",), estimate_table),
+    "estimate-cmi": (("estimate-cmi",), estimate_table),
     # issue 12: DeiT-Tiny W4A8 data-free QAT
     "qat-dt": (("qat-dt", "qat-dt-lr1e-4-mixup", "qat-dt-frozen", "qat-dt-train32", "qat-dt-lr3e-4",
                 "qat-dt-lr1e-4-warmup"), qat_table),
+    "qat-rec": (("qat-mb-cmi", "qat-mb-cmi96", "qat-dt-rec"), qat_rec_table),
     # export accuracy (issue 10; FP8: issue 17) and ONNX Runtime speed
     "export-accuracy": (("export-acc",), export_table),
     "export-accuracy-fp8": (("export-acc-fp8",), export_fp8_table),

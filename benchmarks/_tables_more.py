@@ -121,11 +121,25 @@ def mixed_table(reports: Items) -> str:
     return "\n".join(lines)
 
 
-def _config_label(c: dict[str, Any]) -> str:
+def _set_kind(path: str) -> str:
+    """The inversion a set directory's name says it holds (``runs/sets/cmi-mb-96`` -> ``CMI images``).
+
+    >>> _set_kind("runs/sets/cmi-mb-96"), _set_kind("runs/sets/di200-mb"), _set_kind("x")
+    ('CMI images', 'DI images', 'synthetic images')
+    """
+    base = path.rstrip("/").rsplit("/", 1)[-1]
+    for prefix, kind in (("smi", "SMI images"), ("cmi", "CMI images"), ("di", "DI images")):
+        if base.startswith(prefix):
+            return kind
+    return "synthetic images"
+
+
+def _config_label(c: dict[str, Any], sets: dict[str, str] | None = None) -> str:
     """``w8a8 minmax, synthetic`` -> ``W8A8 minmax, SMI images`` (the source named for the model's set)."""
     label = re.sub(r"\bw(\d)a(\d)\b", r"W\1A\2", c["label"])
     head, _, source = label.rpartition(", ")
-    named = {"synthetic": _SYNTHETIC.get(c["model"], "synthetic images"), "real": "real images"}
+    kind = _set_kind(sets[c["model"]]) if sets and c["model"] in sets else _SYNTHETIC.get(c["model"], "synthetic images")
+    named = {"synthetic": kind, "real": "real images"}
     return f"{head}, {named.get(source, source)}" if head else label
 
 
@@ -137,7 +151,7 @@ def estimate_table(reports: Items) -> str:
     lines = ["| model | configuration | top-1 | agreement | KL (real) | held-out agreement "
              "| KL (held-out synthetic) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in rows:
-        lines.append(f"| {_SHORT_NAMES.get(c['model'], c['model'])} | {_config_label(c)} | {100 * c['top1']:.1f} "
+        lines.append(f"| {_SHORT_NAMES.get(c['model'], c['model'])} | {_config_label(c, r.get('sets'))} | {100 * c['top1']:.1f} "
                      f"| {c['agreement']:.3f} | {kl_text(c['kl'])} | {c['held_agreement']:.3f} "
                      f"| {kl_text(c['held_kl'])} |")  # fmt: skip
     models = list(dict.fromkeys(c["model"] for c in rows))

@@ -195,3 +195,31 @@ def inversion_speed_table(reports: Items) -> str:
                  f"batch {r['batch_size']} on {r['device']}, {r['steps_per_stage']} timed iterations per stage; "
                  f"load check: {_load_check(r.get('machine_load', {}))}.")  # fmt: skip
     return "\n".join(lines)
+
+
+# --- data-free QAT started from block reconstruction (distill_qat.py --reconstruct-iters) ----------------
+
+
+def _trio(m: dict[str, Any] | None) -> str:
+    return "—" if m is None else f"{100 * m['top1']:.1f} / {m['agreement']:.3f} / {m['kl']:.3f}"
+
+
+def qat_rec_table(reports: Items) -> str:
+    """W4A8 QAT on synthetic images after block reconstruction on them: calibration alone, reconstructed,
+    the final QAT model (never a checkpoint chosen on the scored images), and the range of top-1 and KL
+    over the evaluations of the QAT curve."""
+    lines = ["| model, training images | calibration alone: top-1 / agr. / KL | reconstructed | after QAT (last step) "
+             "| top-1 / KL over the curve | FP top-1 | QAT steps, batch, ranges (weights / activations) | QAT time |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for _, r, _ in reports:
+        s, c, curve = r["set"], r["config"], r["curve"]
+        top1 = [100 * p["top1"] for p in curve[1:]]
+        kl = [p["kl"] for p in curve[1:]]
+        span = f"{min(top1):.1f}–{max(top1):.1f} / {min(kl):.3f}–{max(kl):.3f}" if top1 else "—"
+        model = {"mobilenet_v1_025": "MobileNet-v1 0.25", "deit_tiny": "DeiT-Tiny"}.get(r["model"], r["model"])
+        lines.append(f"| {model}, {s['trained_on']} {_METHODS.get(s['method'], s['method'])} images | "
+                     f"{_trio(r['calibration_alone'])} | {_trio(r['reconstructed'])} | {_trio(r['qat'])} | {span} | "
+                     f"{100 * r['fp']['top1']:.1f} | {c['steps']}, {c['batch_size']}, {c['weight_ranges']} / "
+                     f"{c['act_ranges']} | {r['wall']['qat_this_process']:.0f} s |")  # fmt: skip
+    lines.append("\nScored on the 500 sample images (FP top-1 per row).")
+    return "\n".join(lines)

@@ -478,3 +478,41 @@ def test_bench_cli_step_report_is_its_printed_json(tmp_path: Path, monkeypatch: 
     assert "load_at_start" in json.loads((tmp_path / "good" / "provenance.json").read_text())
     assert not bench.run_step(Printing("bad", "dfq", ("usage: dfq ...",)), redo=False)
     assert not (tmp_path / "bad" / "report.json").exists()
+
+
+def test_timing_steps_wait_for_an_idle_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timed step waits until the 1-minute load is under 0.5, and says so when it never got there."""
+    bench = importlib.import_module("bench")
+    loads = iter([1.7, 0.9, 0.3])
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    assert bench.wait_idle(poll_s=0.0) is True
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert bench.wait_idle(wait_s=0.0, poll_s=0.0) is False
+    timed = {s.name for s in bench.STEPS if s.timed}
+    assert {"ort-speed-1", "ort-speed-2", "fq-overhead-now", "inversion-speed-deit-base"} <= timed
+    lines = importlib.import_module("_tables").provenance_lines([("t", {**_PROV, "waited_for_idle": False})])
+    assert "not idle" in lines[0]
+
+
+def test_qat_after_reconstruction_table_renders_hand_made_reports(tmp_path: Path) -> None:
+    m = lambda t, a, k: {"top1": t, "agreement": a, "kl": k}  # noqa: E731
+    curve = [{"step": 0, **m(0.458, 0.584, 0.5607)}, {"step": 50, **m(0.466, 0.57, 0.5630)},
+             {"step": 100, **m(0.476, 0.576, 0.5793)}, {"step": 150, **m(0.462, 0.574, 0.5856)}]  # fmt: skip
+    report = {"model": "mobilenet_v1_025", "set": {"method": "cmi", "trained_on": 96}, "fp": m(0.57, 1.0, 0.0),
+              "config": {"steps": 150, "batch_size": 32, "weight_ranges": "frozen", "act_ranges": "frozen"},
+              "calibration_alone": m(0.286, 0.32, 1.8906), "reconstructed": m(0.458, 0.584, 0.5607),
+              "qat": m(0.462, 0.574, 0.5856), "curve": curve, "wall": {"qat_this_process": 598.2}}  # fmt: skip
+    lines = _render(tmp_path, "qat-rec", [report]).splitlines()
+    assert lines[2] == ("| MobileNet-v1 0.25, 96 CMI images | 28.6 / 0.320 / 1.891 | 45.8 / 0.584 / 0.561 "
+                        "| 46.2 / 0.574 / 0.586 | 46.2–47.6 / 0.563–0.586 | 57.0 | 150, 32, frozen / frozen | 598 s |")
+
+
+def test_estimate_names_the_set_each_model_used(tmp_path: Path) -> None:
+    rows = [{"model": mdl, "label": f"w8a8 minmax, {src}", "top1": 0.5, "agreement": 0.9, "kl": kl,
+             "held_agreement": 0.8, "held_kl": hk}
+            for mdl in ("deit_tiny", "mobilenet_v1_025")
+            for src, kl, hk in (("synthetic", 0.03, 0.1), ("real", 0.02, 0.09), ("noise", 0.1, 0.2))]  # fmt: skip
+    sets = {"deit_tiny": "runs/sets/smi500-dt-s1", "mobilenet_v1_025": "runs/sets/cmi-mb-96"}
+    text = _render(tmp_path, "estimate-cmi", [{"configs": rows, "sets": sets}])
+    assert "| DeiT-Tiny | W8A8 minmax, SMI images |" in text and "| MobileNet | W8A8 minmax, CMI images |" in text
+    assert "1.000 pooled over all 6" in text
