@@ -66,6 +66,8 @@ def provenance_lines(items: list[tuple[str, Report]]) -> list[str]:
     for name, p in items:
         vers = ", ".join(f"{k} {v}" for k, v in p["versions"].items() if k != "python")
         busy = " (**not idle**: its timings are not figures)" if p.get("waited_for_idle") is False else ""
+        if p.get("adopted_from"):
+            busy += f" (run by hand into `{p['adopted_from']}`, adopted)"
         out.append(f"- `{name}`: `{p['command']}` — {p['started']}, {p['seconds']:.0f} s, load "
                    f"{p['load_at_start']:.2f} at the start{busy}; {p['machine']}; {vers}")  # fmt: skip
     return out

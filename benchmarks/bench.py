@@ -145,17 +145,42 @@ def render(text: str, tables: dict[str, str]) -> tuple[str, list[str]]:
     return _BLOCK.sub(swap, text), stale
 
 
+def adopt(step: Step, src: Path) -> None:
+    """Take the report of a run made by hand with ``step``'s command (another ``--out``) as the step's:
+    its provenance is built from what the report recorded (start time and load, wall seconds) and says
+    where it came from. Only for reports that record their start (``machine_load_start``)."""
+    report = json.loads((src / "report.json").read_text())
+    start = report.get("machine_load_start")
+    if not start:
+        sys.exit(f"error: {src}/report.json records no start (machine_load_start); run the step instead")
+    wall = report.get("wall", {})
+    seconds = report.get("wall_seconds") or report.get("seconds_total") or sum(v for v in wall.values() if v)
+    out = BENCH_DIR / step.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    provenance = {"command": step.shown(Path(src)), "started": start["time"], "seconds": round(float(seconds), 1),
+                  "load_at_start": start["loadavg"][0], "machine": machine(), "versions": versions(),
+                  "adopted_from": str(src)}  # fmt: skip
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    print(f"[bench] {step.name}: adopted {src}/report.json", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--render-only", action="store_true", help="rewrite the tables from the reports on disk")
     ap.add_argument("--only", nargs="+", default=None, help="run only these steps")
     ap.add_argument("--redo", nargs="+", default=[], help="rerun these steps even if their report exists")
+    ap.add_argument("--adopt", nargs="+", default=[], metavar="STEP=DIR",
+                    help="take DIR/report.json, made by hand with STEP's command, as STEP's report")
     ap.add_argument("--file", type=Path, default=REPO / "BENCHMARKS.md")
     args = ap.parse_args()
     names = {s.name for s in STEPS}
-    unknown = (set(args.only or []) | set(args.redo)) - names
+    adopted = dict(a.partition("=")[::2] for a in args.adopt)
+    unknown = (set(args.only or []) | set(args.redo) | set(adopted)) - names
     if unknown:
         sys.exit(f"error: unknown step(s) {sorted(unknown)}; steps: {', '.join(sorted(names))}")
+    for name, src in adopted.items():
+        adopt(next(s for s in STEPS if s.name == name), Path(src))
     failed = []
     if not args.render_only:
         for step in STEPS:

@@ -516,3 +516,22 @@ def test_estimate_names_the_set_each_model_used(tmp_path: Path) -> None:
     text = _render(tmp_path, "estimate-cmi", [{"configs": rows, "sets": sets}])
     assert "| DeiT-Tiny | W8A8 minmax, SMI images |" in text and "| MobileNet | W8A8 minmax, CMI images |" in text
     assert "1.000 pooled over all 6" in text
+
+
+def test_adopted_report_keeps_its_recorded_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--adopt STEP=DIR`` takes a hand-made run's report with a provenance built from what it recorded."""
+    bench = importlib.import_module("bench")
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path / "bench")
+    src = tmp_path / "runs" / "rec"
+    src.mkdir(parents=True)
+    report = {"machine_load_start": {"time": "2026-12-02T05:27:27+0000", "loadavg": [2.0, 2.2, 2.4]},
+              "wall": {"set_or_load": 0.5, "reconstruct_this_process": 400.0}}  # fmt: skip
+    (src / "report.json").write_text(json.dumps(report))
+    step = next(s for s in bench.STEPS if s.name == "rec-mb-cmi96")
+    bench.adopt(step, src)
+    prov = json.loads((tmp_path / "bench" / "rec-mb-cmi96" / "provenance.json").read_text())
+    assert prov["started"] == "2026-12-02T05:27:27+0000" and prov["load_at_start"] == 2.0 and prov["seconds"] == 400.5
+    assert prov["command"].endswith(f"--out {src}") and prov["adopted_from"] == str(src)
+    (src / "report.json").write_text("{}")
+    with pytest.raises(SystemExit, match="records no start"):
+        bench.adopt(step, src)
