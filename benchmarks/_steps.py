@@ -109,10 +109,6 @@ STEPS: tuple[Step, ...] = (
     Step("qat-mb-cmi96", "distill_qat.py", ("--model", "mobilenet_v1_025", "--set-dir", MB_CMI96, "--calib-images",
                                             "96", "--reconstruct-iters", "500", "--steps", "400", "--batch-size", "32",
                                             "--eval-every", "50", "--weight-ranges", "frozen", "--out", "{out}")),
-    Step("qat-dt-rec", "distill_qat.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "64",
-                                          "--reconstruct-iters", "300", "--reconstruct-option", "batch_size=16",
-                                          "--steps", "400", "--batch-size", "16", "--eval-every", "50",
-                                          "--weight-ranges", "frozen", "--kd", "dense=true", "--out", "{out}")),
     # ... and its reference with real data: the last 32 sample images, the other 468 scored
     Step("rec-mb-real", "reconstruct.py", ("--model", "mobilenet_v1_025", "--real-calib", "32", "--iters", "500",
                                            "--batch-size", "32", "--out", "{out}")),

@@ -117,7 +117,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     # issue 12: DeiT-Tiny W4A8 data-free QAT
     "qat-dt": (("qat-dt", "qat-dt-lr1e-4-mixup", "qat-dt-frozen", "qat-dt-train32", "qat-dt-lr3e-4",
                 "qat-dt-lr1e-4-warmup"), qat_table),
-    "qat-rec": (("qat-mb-cmi", "qat-mb-cmi96", "qat-dt-rec"), qat_rec_table),
+    "qat-rec": (("qat-mb-cmi", "qat-mb-cmi96"), qat_rec_table),
     # export accuracy (issue 10; FP8: issue 17) and ONNX Runtime speed
     "export-accuracy": (("export-acc",), export_table),
     "export-accuracy-fp8": (("export-acc-fp8",), export_fp8_table),
