@@ -14,6 +14,7 @@ BENCH_DIR = Path("runs/bench")
 SETS = "runs/sets"
 DEIT_SMI = f"{SETS}/smi500-dt-s1"
 DEIT_DI = f"{SETS}/di200-dt"
+DEIT_DI_S6, DEIT_DI64 = f"{SETS}/di200-dt-s6", f"{SETS}/di200-dt-64"
 MB_DI = f"{SETS}/di200-mb"
 MB_CMI = f"{SETS}/cmi-mb"
 MB_CMI_S1 = f"{SETS}/cmi-mb-s1"
@@ -60,6 +61,9 @@ STEPS: tuple[Step, ...] = (
                                           "1", "--set", "iterations=500", "--out", DEIT_SMI)),
     Step("set-deit-di", "make_set.py", ("--model", "deit_tiny", "--method", "deepinversion", "--num-images", "32",
                                          "--seed", "5", "--set", "iterations=200", "--out", DEIT_DI)),
+    Step("set-deit-di-s6", "make_set.py", ("--model", "deit_tiny", "--method", "deepinversion", "--num-images", "32",
+                                            "--seed", "6", "--set", "iterations=200", "--out", DEIT_DI_S6)),
+    Step("set-deit-di64", "merge_sets.py", (DEIT_DI64, DEIT_DI, DEIT_DI_S6)),
     Step("set-deit-smi4k", "make_set.py", ("--model", "deit_tiny", "--method", "smi", "--num-images", "32",
                                            "--out", DEIT_SMI4K)),
     Step("set-mb-di", "make_set.py", ("--model", "mobilenet_v1_025", "--method", "deepinversion", "--num-images",
@@ -102,6 +106,11 @@ STEPS: tuple[Step, ...] = (
     *(Step(name, "reconstruct.py", ("--model", "deit_tiny", "--set-dir", set_dir, "--calib-images", "32", "--iters",
                                     "300", "--batch-size", "16", "--out", "{out}"))
       for name, set_dir in (("rec-dt-smi4k", DEIT_SMI4K), ("rec-dt-di", DEIT_DI))),
+    Step("rec-dt-di64", "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_DI64, "--calib-images", "64",
+                                           "--iters", "300", "--batch-size", "16", "--out", "{out}")),
+    Step("rec-dt-128-views3", "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "128",
+                                                 "--iters", "300", "--batch-size", "16", "--views", "3", "--out",
+                                                 "{out}")),
     # data-free QAT started from the reconstructed model (issue 12)
     Step("qat-mb-cmi", "distill_qat.py", ("--model", "mobilenet_v1_025", "--set-dir", MB_CMI, "--calib-images", "32",
                                           "--reconstruct-iters", "500", "--steps", "400", "--batch-size", "32",
