@@ -70,10 +70,15 @@ def mobilenet(assets: Path, limit: int) -> Loaded:
     return _imagenet(model, data_config(model, mean=(0.5,) * 3, std=(0.5,) * 3), assets, limit)
 
 
+TIMM_WEIGHTS = {"deit_tiny": "weights/deit_tiny_patch16_224.pth"}
+"""The timm models of :data:`MODELS` and their shared weights: their sets are made as ``dfq invert --model
+NAME --checkpoint FILE`` makes them (the checkpoint and its hash recorded), so they merge with the CLI's."""
+
+
 def deit_tiny(assets: Path, limit: int) -> Loaded:
     """DeiT-Tiny (timm preprocessing, crop 0.9) and the ImageNet sample."""
     model = load_model(
-        "deit_tiny", checkpoint=assets / "weights" / "deit_tiny_patch16_224.pth", pretrained=False
+        "deit_tiny", checkpoint=assets / TIMM_WEIGHTS["deit_tiny"], pretrained=False
     )
     return _imagenet(model.eval(), data_config(model), assets, limit)
 

@@ -15,14 +15,20 @@ from dfq.sets import select_images
 
 
 def synthetic_set(set_dir: Path, model: nn.Module, name: str, cfg: dict, method: str, num_images: int,
-                  settings: Sequence[str] = (), seed: int = 0) -> CalibrationSet:  # fmt: skip
+                  settings: Sequence[str] = (), seed: int = 0, assets: Path | None = None) -> CalibrationSet:  # fmt: skip
     """The set at ``set_dir``; when missing, inverted from the caller-built ``model`` (in its input space
-    ``cfg``) and continued from ``SET.ckpt`` when an earlier run was interrupted."""
+    ``cfg``) and continued from ``SET.ckpt`` when an earlier run was interrupted. A timm model with shared
+    weights (:data:`_assets.TIMM_WEIGHTS`, given ``assets``) is inverted from its name and checkpoint
+    instead, as ``dfq invert --checkpoint`` does, so the set records the weights it came from."""
+    from _assets import TIMM_WEIGHTS
+
     if (set_dir / "calibration.json").exists():
         return CalibrationSet.load(set_dir)
-    request = InvertRequest(out=str(set_dir), method=method, model=name, num_images=num_images, settings=tuple(settings),
-                            device="cpu", resume=Path(f"{set_dir}.ckpt").exists(), seed=seed,
-                            data_overrides={"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})  # fmt: skip
+    common = dict(out=str(set_dir), method=method, model=name, num_images=num_images, settings=tuple(settings),
+                  device="cpu", resume=Path(f"{set_dir}.ckpt").exists(), seed=seed)  # fmt: skip
+    if assets is not None and name in TIMM_WEIGHTS:
+        return run_invert(InvertRequest(**common, checkpoint=str(assets / TIMM_WEIGHTS[name]), pretrained=False))
+    request = InvertRequest(**common, data_overrides={"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
     return run_invert(request, model=model)
 
 
@@ -50,4 +56,6 @@ def set_from_args(args: argparse.Namespace, model: nn.Module, cfg: dict) -> tupl
     ``OUT`` is created."""
     set_dir = args.set_dir or args.out / "set"
     args.out.mkdir(parents=True, exist_ok=True)
-    return synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings), set_dir
+    calib = synthetic_set(set_dir, model, args.model, cfg, args.method, args.num_images, args.settings,
+                          assets=args.assets)  # fmt: skip
+    return calib, set_dir

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calib = real
         source = f"real: the last {args.real_calib} sample images (not scored)"
     else:
-        calib = synthetic_set(args.set_dir, model, args.model, cfg, args.method, args.num_images,
-                              args.settings).images[: args.calib_images]  # fmt: skip
+        calib = synthetic_set(args.set_dir, model, args.model, cfg, args.method, args.num_images, args.settings,
+                              assets=args.assets).images[: args.calib_images]  # fmt: skip
         source = str(args.set_dir)
     fp = batched_logits(model, images, args.batch)
     rows = [{"config": "float", **classification_metrics(fp, labels, fp)}]

@@ -31,7 +31,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     model, cfg, _, _ = load(args.model, args.assets, 1)
-    calib = synthetic_set(args.out, model, args.model, cfg, args.method, args.num_images, args.settings, args.seed)
+    calib = synthetic_set(args.out, model, args.model, cfg, args.method, args.num_images, args.settings, args.seed,
+                          assets=args.assets)  # fmt: skip
     print(f"{args.out}: {len(calib)} images by {calib.provenance.get('method')}")
     return 0
 
