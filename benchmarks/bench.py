@@ -34,6 +34,8 @@ from pathlib import Path
 
 from _steps import ASSETS, BENCH_DIR, REPO, STEPS, Step  # noqa: F401  (Step, ASSETS: used by callers and tests)
 
+from dfq.loadcheck import MAX_LOAD, wait_below
+
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
@@ -100,23 +102,17 @@ def run_step(step: Step, redo: bool) -> bool:
     return report.exists()
 
 
-IDLE_LOAD = 0.5  # the guide's bar for timing: the 1-minute load average under it
 IDLE_WAIT_S = 1800
 
 
-def wait_idle(limit: float = IDLE_LOAD, wait_s: float = IDLE_WAIT_S, poll_s: float = 15.0) -> bool:
+def wait_idle(limit: float = MAX_LOAD, wait_s: float = IDLE_WAIT_S, poll_s: float = 15.0) -> bool:
     """Wait (at most ``wait_s``) until the 1-minute load average is under ``limit``; True when it was.
     A timing step runs either way; its provenance says whether the machine was idle at the start."""
-    if not hasattr(os, "getloadavg"):
-        return False
-    deadline = time.monotonic() + wait_s
-    while os.getloadavg()[0] >= limit:
-        if time.monotonic() >= deadline:
-            print(f"[bench] load {os.getloadavg()[0]:.2f} still >= {limit} after {wait_s:.0f} s: timing anyway "
-                  "(recorded; rerun with --redo on an idle machine)", flush=True)  # fmt: skip
-            return False
-        time.sleep(poll_s)
-    return True
+    if wait_below(limit, wait_s, poll_s):
+        return True
+    print(f"[bench] load {os.getloadavg()[0]:.2f} still >= {limit} after {wait_s:.0f} s: timing anyway "
+          "(recorded; rerun with --redo on an idle machine)", flush=True)  # fmt: skip
+    return False
 
 
 SET_SCRIPTS = {"make_set.py": 0, "merge_sets.py": 0, "keep_subset.py": 1}

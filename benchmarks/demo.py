@@ -34,6 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from dfq.loadcheck import wait_below  # noqa: E402
+
 WEIGHTS = "weights/deit_tiny_patch16_224.pth"
 SAMPLE = "data/imagenet-sample/val"
 
@@ -56,14 +58,10 @@ def settle(limit: float = 0.35, timeout: float = 240.0) -> None:
     """Wait until the one-minute load average falls below ``limit`` (the inversion and calibrations just
     ran here), at most ``timeout`` seconds, with a margin under the 0.5 the timing is judged by (starting
     the timing process adds some): a timing on a loaded machine is not a figure."""
-    if not hasattr(os, "getloadavg"):
-        return
-    t0 = time.monotonic()
-    if os.getloadavg()[0] >= limit:
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] >= limit:
         print(f"\nwaiting up to {timeout:.0f} s for the load average ({os.getloadavg()[0]:.2f}) to fall below "
               f"{limit} before timing", flush=True)  # fmt: skip
-    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < timeout:
-        time.sleep(5)
+        wait_below(limit, timeout)
 
 
 def split_sample(sample: Path, out: Path, calib: int) -> tuple[Path, Path]:

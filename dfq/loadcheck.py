@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_LOAD", "BUSY_SHARE", "snapshot", "judge", "measure_load"]
+__all__ = ["MAX_LOAD", "BUSY_SHARE", "snapshot", "judge", "measure_load", "wait_below"]
 
 MAX_LOAD = 0.5
 """Highest 1-minute load average that counts as idle before a timing run."""
@@ -107,6 +107,20 @@ def judge(
             procs = ", ".join(f"{p['name']} (pid {p['pid']}, {100 * p['cpu']:.0f}% of a core)" for p in snap["busy"][:4])
             reasons.append(f"busy {when} the run: {procs}")
     return reasons
+
+
+def wait_below(limit: float = MAX_LOAD, timeout_s: float = 240.0, poll_s: float = 5.0) -> bool:
+    """Wait until the 1-minute load average is under ``limit``, at most ``timeout_s`` seconds; True when it
+    got there (False at once where the load average is not available). For a timing that would start on
+    a machine still busy with the work before it."""
+    if not hasattr(os, "getloadavg"):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while os.getloadavg()[0] >= limit:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dfq import loadcheck
 from dfq.loadcheck import judge, measure_load, snapshot
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
@@ -47,3 +48,13 @@ def test_measure_load_fills_the_record(capsys: pytest.CaptureFixture[str]) -> No
     assert set(load) == {"start", "before", "after", "idle", "not_idle_because"} and load["start"] is None
     assert load["idle"] == (load["not_idle_because"] == [])
     assert ("not idle" in capsys.readouterr().err) == (not load["idle"])
+
+
+def test_wait_below_waits_for_the_load_to_fall_and_gives_up_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = iter([1.7, 0.9, 0.3])
+    monkeypatch.setattr(loadcheck.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    assert loadcheck.wait_below(0.5, timeout_s=60, poll_s=0.0) is True
+    monkeypatch.setattr(loadcheck.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert loadcheck.wait_below(0.5, timeout_s=0.0, poll_s=0.0) is False
+    monkeypatch.setattr(loadcheck.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert loadcheck.wait_below(0.35, timeout_s=0.0, poll_s=0.0) is True
