@@ -44,6 +44,7 @@ __all__ = [
     "write_json",
     "save_quant_state",
     "read_recipe",
+    "recipe_float_model",
     "load",
     "versions",
     "write_report",
@@ -159,6 +160,18 @@ def read_recipe(run: str | Path) -> dict[str, Any]:
         raise DfqError(f"{run} is not a dfq run directory (no {RECIPE})") from None
     except (OSError, json.JSONDecodeError) as e:
         raise DfqError(f"cannot read {path}: {e}") from None
+
+
+def recipe_float_model(recipe: Mapping[str, Any]) -> nn.Module | None:
+    """The float model a run was calibrated from, as its recipe names it (the timm model with its
+    checkpoint or hub weights); None when the run was made from a model built in Python."""
+    from dfq.models import load_model
+
+    spec = recipe.get("model") or {}
+    if spec.get("source") != "timm" or not spec.get("name"):
+        return None
+    return load_model(spec["name"], checkpoint=spec.get("checkpoint"), pretrained=bool(spec.get("pretrained")),
+                      **spec.get("kwargs", {}))  # fmt: skip
 
 
 def load(run: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:

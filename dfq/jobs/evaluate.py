@@ -74,14 +74,12 @@ def float_reference(recipe: dict[str, Any], net: nn.Module, device: torch.device
     """The FP reference of a run: its own weights with the quantizers off, except after data-free QAT or
     block reconstruction (the weights moved), where it is the float model the run was calibrated from
     (recipe ``model``)."""
-    from dfq.models import load_model
+    from dfq.runs import recipe_float_model
 
-    model = recipe.get("model") or {}
     moved = "distill" in recipe or bool(recipe.get("reconstruct"))
-    if not moved or model.get("source") != "timm" or not model.get("name"):
+    teacher = recipe_float_model(recipe) if moved else None
+    if teacher is None:
         return _FloatView(net, device)
-    teacher = load_model(model["name"], checkpoint=model.get("checkpoint"), pretrained=bool(model.get("pretrained")),
-                         **model.get("kwargs", {}))  # fmt: skip
     return TorchPredictor(teacher.to(device), device)
 
 

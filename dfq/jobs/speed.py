@@ -42,15 +42,12 @@ def export_float_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> P
 
 
 def _float_model(recipe: dict[str, Any], model: nn.Module | None) -> nn.Module:
-    if model is not None:
-        return model
-    spec = recipe.get("model") or {}
-    if spec.get("source") != "timm" or not spec.get("name"):
-        raise DfqError("this run's model was built in Python: pass it (dfq.jobs.speed.ort_speedup(run, model=...))")
-    from dfq.models import load_model
+    from dfq.runs import recipe_float_model
 
-    return load_model(spec["name"], checkpoint=spec.get("checkpoint"), pretrained=bool(spec.get("pretrained")),
-                      **spec.get("kwargs", {}))  # fmt: skip
+    found = model if model is not None else recipe_float_model(recipe)
+    if found is None:
+        raise DfqError("this run's model was built in Python: pass it (dfq.jobs.speed.ort_speedup(run, model=...))")
+    return found
 
 
 def ort_speedup(
