@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from _plots_data import source_name
+
 from dfq.stats import spearman
 
 Report = Any
@@ -127,11 +129,8 @@ def _set_kind(path: str) -> str:
     >>> _set_kind("runs/sets/cmi-mb-96"), _set_kind("runs/sets/di200-mb"), _set_kind("x")
     ('CMI images', 'DI images', 'synthetic images')
     """
-    base = path.rstrip("/").rsplit("/", 1)[-1]
-    for prefix, kind in (("smi", "SMI images"), ("cmi", "CMI images"), ("di", "DI images")):
-        if base.startswith(prefix):
-            return kind
-    return "synthetic images"
+    return {"SMI": "SMI images", "CMI": "CMI images", "DeepInversion": "DI images"}.get(source_name(path),
+                                                                                      "synthetic images")
 
 
 def _config_label(c: dict[str, Any], sets: dict[str, str] | None = None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from _tables_more import num
+from _tables_more import MODEL_NAMES, num
 
 Report = Any
 Items = list[tuple[str, Report, dict[str, Any]]]
@@ -216,7 +216,7 @@ def qat_rec_table(reports: Items) -> str:
         top1 = [100 * p["top1"] for p in curve[1:]]
         kl = [p["kl"] for p in curve[1:]]
         span = f"{min(top1):.1f}–{max(top1):.1f} / {min(kl):.3f}–{max(kl):.3f}" if top1 else "—"
-        model = {"mobilenet_v1_025": "MobileNet-v1 0.25", "deit_tiny": "DeiT-Tiny"}.get(r["model"], r["model"])
+        model = MODEL_NAMES.get(r["model"], r["model"])
         lines.append(f"| {model}, {s['trained_on']} {_METHODS.get(s['method'], s['method'])} images | "
                      f"{_trio(r['calibration_alone'])} | {_trio(r['reconstructed'])} | {_trio(r['qat'])} | {span} | "
                      f"{100 * r['fp']['top1']:.1f} | {c['steps']}, {c['batch_size']}, {c['weight_ranges']} / "

@@ -31,6 +31,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from _steps import ASSETS, BENCH_DIR, REPO, STEPS, Step  # noqa: F401  (Step, ASSETS: used by callers and tests)
 
@@ -54,6 +55,13 @@ def machine() -> str:
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                       if line.startswith("model name")), "")  # fmt: skip
     return f"{os.cpu_count()} CPU cores, {model or platform.processor() or platform.machine()}, no GPU used"
+
+
+def write_provenance(out: Path, command: str, started: str, seconds: float, load: float, **extra: Any) -> None:
+    """``out/provenance.json``: the step's command, start, seconds, load at the start, machine and versions."""
+    provenance = {"command": command, "started": started, "seconds": round(seconds, 1), "load_at_start": round(load, 2),
+                  "machine": machine(), "versions": versions(), **extra}  # fmt: skip
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
 
 
 def run_step(step: Step, redo: bool) -> bool:
@@ -94,11 +102,8 @@ def run_step(step: Step, redo: bool) -> bool:
         printed.replace(report)
     if made is not None:
         report.write_text(json.dumps({"set": made}) + "\n")
-    provenance = {"command": shown, "started": start, "seconds": round(time.perf_counter() - t0, 1),
-                  "load_at_start": round(load, 2), "machine": machine(), "versions": versions()}  # fmt: skip
-    if idle is not None:
-        provenance["waited_for_idle"] = idle
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    extra = {} if idle is None else {"waited_for_idle": idle}
+    write_provenance(out, shown, start, time.perf_counter() - t0, load, **extra)
     return report.exists()
 
 
@@ -154,10 +159,7 @@ def adopt(step: Step, src: Path) -> None:
     out = BENCH_DIR / step.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    provenance = {"command": step.shown(Path(src)), "started": start["time"], "seconds": round(float(seconds), 1),
-                  "load_at_start": start["loadavg"][0], "machine": machine(), "versions": versions(),
-                  "adopted_from": str(src)}  # fmt: skip
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_provenance(out, step.shown(Path(src)), start["time"], float(seconds), start["loadavg"][0], adopted_from=str(src))
     print(f"[bench] {step.name}: adopted {src}/report.json", flush=True)
 
 
