@@ -136,8 +136,9 @@ def _sets(args: argparse.Namespace) -> dict[str, str]:
 
 def run_estimate(args: argparse.Namespace) -> dict[str, Any]:
     results = []
+    sets = _sets(args)
     for name in args.models:
-        b = Bench(name, args.assets, Path(_sets(args)[name]), args.calib_images, args.holdout, args.batch)
+        b = Bench(name, args.assets, Path(sets[name]), args.calib_images, args.holdout, args.batch)
         g = torch.Generator().manual_seed(0)
         sources = {"synthetic": b.calib, "noise": torch.randn(b.calib.shape, generator=g),
                    "real": calibration_images(name, args.assets, b.cfg, b.images, len(b.calib))}  # fmt: skip
@@ -156,7 +157,7 @@ def run_estimate(args: argparse.Namespace) -> dict[str, Any]:
         name: spearman([r["held_kl"] for r in results if r["model"] == name], [r["kl"] for r in results if r["model"] == name])
         for name in args.models
     }  # fmt: skip
-    return {"sets": {name: _sets(args)[name] for name in args.models}, "configs": results,
+    return {"sets": {name: sets[name] for name in args.models}, "configs": results,
             "spearman_pooled": spearman([r["held_kl"] for r in results], [r["kl"] for r in results]),
             "spearman_by_model": by_model}  # fmt: skip
 

@@ -166,3 +166,11 @@ def test_adopted_report_keeps_its_recorded_start(tmp_path: Path, monkeypatch: py
     (src / "report.json").write_text("{}")
     with pytest.raises(SystemExit, match="records no start"):
         bench.adopt(step, src)
+
+
+def test_estimate_model_set_refuses_a_bad_pair(tmp_path: Path) -> None:
+    """``precision.py estimate --model-set`` takes MODEL=DIR for a known model; anything else is one error line."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "precision.py"), "estimate", "--model-set", "vit=runs/x",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert done.returncode != 0 and done.stderr.strip().startswith("error: --model-set takes MODEL=DIR")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
