@@ -174,6 +174,9 @@ def main() -> int:
     args = ap.parse_args()
     names = {s.name for s in STEPS}
     adopted = dict(a.partition("=")[::2] for a in args.adopt)
+    bad = [f"{k}={v}" for k, v in adopted.items() if not v or not (Path(v) / "report.json").is_file()]
+    if bad:
+        sys.exit(f"error: --adopt takes STEP=DIR with DIR/report.json present; got {', '.join(bad)}")
     unknown = (set(args.only or []) | set(args.redo) | set(adopted)) - names
     if unknown:
         sys.exit(f"error: unknown step(s) {sorted(unknown)}; steps: {', '.join(sorted(names))}")

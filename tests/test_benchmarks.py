@@ -174,3 +174,10 @@ def test_estimate_model_set_refuses_a_bad_pair(tmp_path: Path) -> None:
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert done.returncode != 0 and done.stderr.strip().startswith("error: --model-set takes MODEL=DIR")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_adopt_refuses_a_missing_report(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--render-only", "--file", str(tmp_path / "B.md"),
+                           "--adopt", f"rec-dt={tmp_path / 'none'}"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert done.returncode != 0 and done.stderr.strip().startswith("error: --adopt takes STEP=DIR")
+    assert len(done.stderr.strip().splitlines()) == 1
