@@ -155,7 +155,8 @@ def adopt(step: Step, src: Path) -> None:
     if not start:
         sys.exit(f"error: {src}/report.json records no start (machine_load_start); run the step instead")
     wall = report.get("wall", {})
-    seconds = report.get("wall_seconds") or report.get("seconds_total") or sum(v for v in wall.values() if v)
+    seconds = (report.get("wall_seconds") or report.get("seconds_total") or sum(v for v in wall.values() if v)
+               or sum(r.get("seconds_total") or 0 for r in report.get("runs", [])))  # distill_probe.py: one per size
     out = BENCH_DIR / step.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

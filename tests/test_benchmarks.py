@@ -163,6 +163,11 @@ def test_adopted_report_keeps_its_recorded_start(tmp_path: Path, monkeypatch: py
     prov = json.loads((tmp_path / "bench" / "rec-mb-cmi96" / "provenance.json").read_text())
     assert prov["started"] == "2026-12-02T05:27:27+0000" and prov["load_at_start"] == 2.0 and prov["seconds"] == 400.5
     assert prov["command"].endswith(f"--out {src}") and prov["adopted_from"] == str(src)
+    # distill_probe.py records one total per training-set size: the wall time is their sum
+    probe = {"machine_load_start": report["machine_load_start"], "runs": [{"seconds_total": 304.2}, {"seconds_total": 318.0}]}
+    (src / "report.json").write_text(json.dumps(probe))
+    bench.adopt(next(s for s in bench.STEPS if s.name == "probe-dt"), src)
+    assert json.loads((tmp_path / "bench" / "probe-dt" / "provenance.json").read_text())["seconds"] == 622.2
     (src / "report.json").write_text("{}")
     with pytest.raises(SystemExit, match="records no start"):
         bench.adopt(step, src)
