@@ -15,6 +15,8 @@ SETS = "runs/sets"
 DEIT_SMI = f"{SETS}/smi500-dt-s1"
 DEIT_DI = f"{SETS}/di200-dt"
 DEIT_DI_S6, DEIT_DI64 = f"{SETS}/di200-dt-s6", f"{SETS}/di200-dt-64"
+DEIT_DI_MORE = {seed: f"{SETS}/di200-dt-s{seed}" for seed in range(7, 13)}  # 32 each, merged to 128 and 256
+DEIT_DI128, DEIT_DI256 = f"{SETS}/di200-dt-128", f"{SETS}/di200-dt-256"
 MB_DI = f"{SETS}/di200-mb"
 MB_CMI = f"{SETS}/cmi-mb"
 MB_CMI_S1 = f"{SETS}/cmi-mb-s1"
@@ -64,6 +66,11 @@ STEPS: tuple[Step, ...] = (
     Step("set-deit-di-s6", "make_set.py", ("--model", "deit_tiny", "--method", "deepinversion", "--num-images", "32",
                                             "--seed", "6", "--set", "iterations=200", "--out", DEIT_DI_S6)),
     Step("set-deit-di64", "merge_sets.py", (DEIT_DI64, DEIT_DI, DEIT_DI_S6)),
+    *(Step(f"set-deit-di-s{seed}", "make_set.py", ("--model", "deit_tiny", "--method", "deepinversion", "--num-images",
+                                                   "32", "--seed", str(seed), "--set", "iterations=200", "--out", out))
+      for seed, out in DEIT_DI_MORE.items()),
+    Step("set-deit-di128", "merge_sets.py", (DEIT_DI128, DEIT_DI, DEIT_DI_S6, DEIT_DI_MORE[7], DEIT_DI_MORE[8])),
+    Step("set-deit-di256", "merge_sets.py", (DEIT_DI256, DEIT_DI128, *(DEIT_DI_MORE[s] for s in range(9, 13)))),
     Step("set-deit-smi4k", "make_set.py", ("--model", "deit_tiny", "--method", "smi", "--num-images", "32",
                                            "--out", DEIT_SMI4K)),
     Step("set-mb-di", "make_set.py", ("--model", "mobilenet_v1_025", "--method", "deepinversion", "--num-images",
