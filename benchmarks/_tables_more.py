@@ -68,6 +68,10 @@ def reconstruct_label(r: Report) -> str:
         parts.append(f"LSQ activation ranges (range lr {num(c['range_lr'])})")
     if s.get("kept_tokens"):
         parts.append(f"kept tokens only ({s['kept_tokens']} per image)")
+    if r.get("site_calibrators"):
+        parts.append(" ".join(f"`{x.split('=')[0]}` {x.split('=')[1]}" for x in r["site_calibrators"]))
+    if s.get("ranges_from"):
+        parts.append(f"activation ranges from the first {s['ranges_from']} images")
     return ", ".join(parts)
 
 

@@ -55,6 +55,9 @@ def main() -> int:
     ap.add_argument("--real-calib", type=int, default=0,
                     help="reference run: calibrate and reconstruct on the LAST N sample images instead of a "
                          "synthetic set, and score on the others")  # fmt: skip
+    ap.add_argument("--range-images", type=int, default=0,
+                    help="calibrate the activation ranges on the first N calibration images only (0: all); "
+                         "min/max ranges widen with every synthetic image added")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     start = snapshot()
@@ -76,10 +79,17 @@ def main() -> int:
         set_info["kept_tokens"] = keep.shape[1]
     t1 = time.perf_counter()
 
+    if args.range_images < 0 or args.range_images > len(head):
+        sys.exit(f"error: --range-images takes 0 (all) to {len(head)}, got {args.range_images}")
+    n_ranges = args.range_images or len(head)
+    if args.range_images:
+        set_info["ranges_from"] = n_ranges
+
     def forward(m):
         if keep is None:
-            return [m(x) for x in head.split(16)]
-        return [forward_tokens(m, x, k) for x, k in zip(head.split(16), keep.split(16), strict=True)]
+            return [m(x) for x in head[:n_ranges].split(16)]
+        return [forward_tokens(m, x, k) for x, k in zip(head[:n_ranges].split(16), keep[:n_ranges].split(16),
+                                                          strict=True)]  # fmt: skip
 
     qcfg = quant_config_from_options(args.scheme, site_calibrators=tuple(args.site_calibrator))
     qmodel = calibrated_copy(model, qcfg, forward)

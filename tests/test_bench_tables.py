@@ -73,14 +73,16 @@ def _rec(model: str, set_info: dict, config: dict, calib: tuple, rec: tuple, fp:
 
 
 def test_reconstruct_tables_render_hand_made_reports(tmp_path: Path) -> None:
-    smi = {"method": "smi", "images": 128, "path": "runs/sets/x", "calibrated_on": 64}
+    smi = {"method": "smi", "images": 128, "path": "runs/sets/x", "calibrated_on": 64, "ranges_from": 32}
     di = {"method": "deepinversion", "images": 256, "path": "runs/sets/y", "calibrated_on": 64}
     dt = _rec("deit_tiny", smi, {"iters": 300, "batch_size": 16, "lr": 0.01, "reg_weight": 1.0},
               (0.764, 0.828, 0.2119), (0.754, 0.852, 0.1464), 0.792, 988.2, 14)  # fmt: skip
+    dt["site_calibrators"] = ["fc2_in=mse"]
     mb = _rec("mobilenet_v1_025", di, {"iters": 500, "batch_size": 32, "lr": 0.1, "reg_weight": 10.0, "views": 3,
               "act_ranges": "learn"}, (0.08, 0.086, 4.5201), (0.202, 0.232, 2.6411), 0.57, 399.7, 15)  # fmt: skip
     text = _render(tmp_path / "syn", "reconstruct", [dt, mb])
-    assert ("| DeiT-Tiny, 64 SMI images, 300 steps/unit, batch 16, lr 1e-2, reg 1 | 76.4 / 0.828 / 0.212 "
+    assert ("| DeiT-Tiny, 64 SMI images, 300 steps/unit, batch 16, lr 1e-2, reg 1, `fc2_in` mse, activation ranges "
+            "from the first 32 images | 76.4 / 0.828 / 0.212 "
             "| 75.4 / 0.852 / 0.146 | 79.2 | 988 s (14 units) |") in text.splitlines()  # fmt: skip
     assert ("| MobileNet-v1 0.25, 64 DeepInversion images, 500 steps/unit, batch 32, lr 0.1, reg 10, 3 augmented views "
             "per image, LSQ activation ranges (range lr 4e-5) | 8.0 / 0.086 / 4.52 | 20.2 / 0.232 / 2.64 | 57.0 "
