@@ -115,6 +115,14 @@ STEPS: tuple[Step, ...] = (
       for name, set_dir in (("rec-dt-smi4k", DEIT_SMI4K), ("rec-dt-di", DEIT_DI))),
     Step("rec-dt-di64", "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_DI64, "--calib-images", "64",
                                            "--iters", "300", "--batch-size", "16", "--out", "{out}")),
+    # 128 / 256 DeepInversion images, 3 views each: min/max ranges, `fc2_in` mse, ranges from the first 32 images
+    *(Step(name, "reconstruct.py", ("--model", "deit_tiny", "--set-dir", set_dir, "--calib-images", n, "--iters",
+                                    "300", "--batch-size", "16", "--views", "3", *extra, "--out", "{out}"))
+      for name, set_dir, n, extra in (
+          ("rec-dt-di128-views3", DEIT_DI128, "128", ()),
+          ("rec-dt-di128-views3-fc2mse", DEIT_DI128, "128", ("--site-calibrator", "fc2_in=mse")),
+          ("rec-dt-di128-views3-r32", DEIT_DI128, "128", ("--range-images", "32")),
+          ("rec-dt-di256-views3-fc2mse", DEIT_DI256, "256", ("--site-calibrator", "fc2_in=mse")))),
     Step("rec-dt-128-views3", "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "128",
                                                  "--iters", "300", "--batch-size", "16", "--views", "3", "--out",
                                                  "{out}")),
