@@ -110,7 +110,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     "reconstruct": (("rec-dt-lr1e-2", "rec-dt", "rec-dt-qdrop", "rec-mb-lr1e-2", "rec-mb", "rec-mb-256",
                      "rec-mb-views3", "rec-mb-cmi", "rec-mb-cmi64", "rec-mb-cmi96", "rec-dt-views3", "rec-dt-views3-learn",
                      "rec-dt-kept", "rec-dt-smi4k", "rec-dt-di", "rec-dt-di64", "rec-dt-128-views3", "rec-dt-di128-views3", "rec-dt-di128-views3-r32",
-                     "rec-dt-di128-views3-fc2mse"), reconstruct_table),
+                     "rec-dt-di128-views3-fc2mse", "rec-dt-di256-views3-fc2mse"), reconstruct_table),
     "reconstruct-real": (("rec-mb-real", "rec-dt-real"), reconstruct_real_table),
     "mixed": (("mixed-dt",), mixed_table),
     "estimate": (("estimate",), estimate_table),
