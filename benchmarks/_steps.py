@@ -57,6 +57,12 @@ def dfq_calibrate(name: str, *args: str) -> Step:
                               *args, "--eval-folder", SAMPLE, "--out", f"{{out}}/{name}", "--force", "--json"))
 
 
+def deit_rec(name: str, set_dir: str, images: str, *extra: str) -> Step:
+    """DeiT-Tiny W4A8 block reconstruction on a set's first ``images`` images, 300 steps per unit, batch 16."""
+    return Step(name, "reconstruct.py", ("--model", "deit_tiny", "--set-dir", set_dir, "--calib-images", images,
+                                         "--iters", "300", "--batch-size", "16", *extra, "--out", "{out}"))
+
+
 STEPS: tuple[Step, ...] = (
     # the synthetic sets the other steps read (made when missing, resumable)
     Step("set-deit-smi", "make_set.py", ("--model", "deit_tiny", "--method", "smi", "--num-images", "128", "--seed",
@@ -94,8 +100,7 @@ STEPS: tuple[Step, ...] = (
     Step("modelopt-dt", "modelopt_sets.py", ("--set-dir", DEIT_SMI, DEIT_DI, "--out", "{out}")),
     Step("ort-sets-dt", "ort_sets.py", ("--set-dir", DEIT_SMI, DEIT_DI, "--out", "{out}")),
     # block reconstruction on synthetic images (issue 13): W4A8 on the sets' first 64 images
-    *(Step(name, "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "64", "--iters",
-                                    "300", "--batch-size", "16", *extra, "--out", "{out}"))
+    *(deit_rec(name, DEIT_SMI, "64", *extra)
       for name, extra in (("rec-dt-lr1e-2", ("--lr", "0.01", "--reg-weight", "1")), ("rec-dt", ()),
                           ("rec-dt-qdrop", ("--drop", "0.5")), ("rec-dt-views3", ("--views", "3")),
                           ("rec-dt-views3-learn", ("--views", "3", "--act-ranges", "learn")),
@@ -109,28 +114,20 @@ STEPS: tuple[Step, ...] = (
                                     "--iters", "500", "--batch-size", "32", "--out", "{out}"))
       for name, set_dir, n in (("rec-mb-cmi", MB_CMI, "32"), ("rec-mb-cmi64", MB_CMI64, "64"),
                                ("rec-mb-cmi96", MB_CMI96, "96"))),
-    # DeiT-Tiny on other sets: 32 SMI images of 4000 iterations, 32 DeepInversion images
-    *(Step(name, "reconstruct.py", ("--model", "deit_tiny", "--set-dir", set_dir, "--calib-images", "32", "--iters",
-                                    "300", "--batch-size", "16", "--out", "{out}"))
-      for name, set_dir in (("rec-dt-smi4k", DEIT_SMI4K), ("rec-dt-di", DEIT_DI))),
-    Step("rec-dt-di64", "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_DI64, "--calib-images", "64",
-                                           "--iters", "300", "--batch-size", "16", "--out", "{out}")),
-    # 128 / 256 DeepInversion images, 3 views each: min/max ranges, `fc2_in` mse, ranges from the first 32 images
-    *(Step(name, "reconstruct.py", ("--model", "deit_tiny", "--set-dir", set_dir, "--calib-images", n, "--iters",
-                                    "300", "--batch-size", "16", "--views", "3", *extra, "--out", "{out}"))
-      for name, set_dir, n, extra in (
-          ("rec-dt-di128-views3", DEIT_DI128, "128", ()),
-          ("rec-dt-di128-views3-fc2mse", DEIT_DI128, "128", ("--site-calibrator", "fc2_in=mse")),
-          ("rec-dt-di128-views3-r32", DEIT_DI128, "128", ("--range-images", "32")),
-          ("rec-dt-di256-views3-fc2mse", DEIT_DI256, "256", ("--site-calibrator", "fc2_in=mse")))),
-    *(Step(f"rec-dt-di128-views{v}-fc2mse", "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_DI128,
-                                                               "--calib-images", "128", "--iters", "300", "--batch-size",
-                                                               "16", "--views", v, "--site-calibrator", "fc2_in=mse",
-                                                               "--out", "{out}"))
-      for v in ("7", "15")),
-    Step("rec-dt-128-views3", "reconstruct.py", ("--model", "deit_tiny", "--set-dir", DEIT_SMI, "--calib-images", "128",
-                                                 "--iters", "300", "--batch-size", "16", "--views", "3", "--out",
-                                                 "{out}")),
+    # DeiT-Tiny on other sets: 32 SMI images of 4000 iterations, 32 / 64 DeepInversion images, all 128 SMI
+    # images with 3 views; 128 / 256 DeepInversion images with views: min/max ranges, `fc2_in` mse, ranges
+    # from the first 32 images
+    *(deit_rec(name, set_dir, images, *extra) for name, set_dir, images, extra in (
+        ("rec-dt-smi4k", DEIT_SMI4K, "32", ()),
+        ("rec-dt-di", DEIT_DI, "32", ()),
+        ("rec-dt-di64", DEIT_DI64, "64", ()),
+        ("rec-dt-di128-views3", DEIT_DI128, "128", ("--views", "3")),
+        ("rec-dt-di128-views3-fc2mse", DEIT_DI128, "128", ("--views", "3", "--site-calibrator", "fc2_in=mse")),
+        ("rec-dt-di128-views3-r32", DEIT_DI128, "128", ("--views", "3", "--range-images", "32")),
+        ("rec-dt-di256-views3-fc2mse", DEIT_DI256, "256", ("--views", "3", "--site-calibrator", "fc2_in=mse")),
+        ("rec-dt-di128-views7-fc2mse", DEIT_DI128, "128", ("--views", "7", "--site-calibrator", "fc2_in=mse")),
+        ("rec-dt-di128-views15-fc2mse", DEIT_DI128, "128", ("--views", "15", "--site-calibrator", "fc2_in=mse")),
+        ("rec-dt-128-views3", DEIT_SMI, "128", ("--views", "3")))),
     # data-free QAT started from the reconstructed model (issue 12)
     Step("qat-mb-cmi", "distill_qat.py", ("--model", "mobilenet_v1_025", "--set-dir", MB_CMI, "--calib-images", "32",
                                           "--reconstruct-iters", "500", "--steps", "400", "--batch-size", "32",
@@ -165,8 +162,7 @@ STEPS: tuple[Step, ...] = (
     Step("export-acc-fp8", "export_accuracy.py", ("--models", "deit_tiny", "mobilenet_v1_025", "--schemes", "w8a8-fp8",
                                                   "--threads", "1", "--json", "{out}/report.json")),
     # ONNX Runtime speed, twice (the spread between two runs on the same machine is part of the figure)
-    *(Step(name, "ort_speed.py", ("--model", "deit_tiny", "--checkpoint", "{assets}/weights/deit_tiny_patch16_224.pth",
-                                  "--images", "{assets}/data/imagenet-sample/val", "--rounds", "11", "--threads", "2",
+    *(Step(name, "ort_speed.py", ("--model", "deit_tiny", "--checkpoint", DEIT_WEIGHTS, "--images", SAMPLE, "--rounds", "11", "--threads", "2",
                                   "--batches", "1", "8", "--eval-images", "500", "--json", "{out}/report.json"), timed=True)
       for name in ("ort-speed-1", "ort-speed-2")),
     # DeiT-Tiny W8A8 / W4A8 on 32 real or noise images, and the noise study (ablate.py also runs its

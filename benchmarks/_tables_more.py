@@ -51,6 +51,15 @@ def _m(m: dict[str, float]) -> str:
 # --- block reconstruction (benchmarks/reconstruct.py) ---------------------------------------------------
 
 
+def site_labels(calibrators: Any) -> list[str]:
+    """``SITE=NAME`` per-site calibrator options as table text.
+
+    >>> site_labels(["fc2_in=mse", "softmax=minmax"])
+    ['`fc2_in` mse', '`softmax` minmax']
+    """
+    return [f"`{site}` {name}" for site, name in (c.split("=", 1) for c in calibrators)]
+
+
 def reconstruct_label(r: Report) -> str:
     """The settings of a reconstruction run, from its report."""
     s, c = r["set"], r["config"]
@@ -68,8 +77,7 @@ def reconstruct_label(r: Report) -> str:
         parts.append(f"LSQ activation ranges (range lr {num(c['range_lr'])})")
     if s.get("kept_tokens"):
         parts.append(f"kept tokens only ({s['kept_tokens']} per image)")
-    if r.get("site_calibrators"):
-        parts.append(" ".join(f"`{x.split('=')[0]}` {x.split('=')[1]}" for x in r["site_calibrators"]))
+    parts += site_labels(r.get("site_calibrators") or ())
     if s.get("ranges_from"):
         parts.append(f"activation ranges from the first {s['ranges_from']} images")
     return ", ".join(parts)

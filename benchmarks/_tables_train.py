@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from _tables_more import MODEL_NAMES, num
+from _tables_more import MODEL_NAMES, num, site_labels
 
 Report = Any
 Items = list[tuple[str, Report, dict[str, Any]]]
@@ -141,7 +141,7 @@ def rec_w8a8_table(reports: Items) -> str:
         lines.append(f"| {label} | {' | '.join(cells)} |")
     for _, r, _ in recs:
         c, m = r["config"], r["reconstructed"]
-        sites = ", ".join(f"`{s.split('=')[0]}` {s.split('=')[1]}" for s in r.get("site_calibrators") or [])
+        sites = ", ".join(site_labels(r.get("site_calibrators") or ()))
         label = (f"{sites} + " if sites else "") + f"reconstruction, ranges learned at {num(c['range_lr'])}"
         lines.append(f"| {label} ({r['reconstruct_seconds_total']:.0f} s) | {100 * m['top1']:.1f} | {m['agreement']:.3f} "
                      f"| {m['kl']:.4f} | {base / m['kl']:.2f}x |")  # fmt: skip
