@@ -60,6 +60,8 @@ def main() -> int:
                          "min/max ranges widen with every synthetic image added")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.range_images < 0:  # before the model, the images and OUT: nothing is loaded or written
+        sys.exit(f"error: --range-images takes 0 (all) or a positive count, got {args.range_images}")
     start = snapshot()
     model, cfg, images, labels = load(args.model, args.assets, 500)
     t0 = time.perf_counter()
@@ -79,7 +81,7 @@ def main() -> int:
         set_info["kept_tokens"] = keep.shape[1]
     t1 = time.perf_counter()
 
-    if args.range_images < 0 or args.range_images > len(head):
+    if args.range_images > len(head):
         sys.exit(f"error: --range-images takes 0 (all) to {len(head)}, got {args.range_images}")
     n_ranges = args.range_images or len(head)
     if args.range_images:

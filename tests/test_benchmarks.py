@@ -181,6 +181,14 @@ def test_estimate_model_set_refuses_a_bad_pair(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
+def test_reconstruct_refuses_a_negative_range_images(tmp_path: Path) -> None:
+    """``reconstruct.py --range-images -1`` is one error line, before anything is loaded or written."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "reconstruct.py"), "--range-images", "-1",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert done.returncode != 0 and done.stderr.strip().startswith("error: --range-images takes 0 (all)")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_adopt_refuses_a_missing_report(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--render-only", "--file", str(tmp_path / "B.md"),
                            "--adopt", f"rec-dt={tmp_path / 'none'}"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
