@@ -73,6 +73,8 @@ def reconstruct_label(r: Report) -> str:
         parts.append(f"QDrop {c['drop']:g}")
     if c.get("views"):
         parts.append(f"{c['views']} augmented views per image")
+    if c.get("fisher"):
+        parts.append(f"Fisher-weighted loss ({c['fisher']:g})")
     if c.get("act_ranges") == "learn":
         parts.append(f"LSQ activation ranges (range lr {num(c['range_lr'])})")
     if s.get("kept_tokens"):
@@ -85,6 +87,8 @@ def reconstruct_label(r: Report) -> str:
 
 def _reconstruct_row(r: Report) -> str:
     secs = f"{r['reconstruct_seconds_total']:.0f} s ({len(r['units'])} units)"
+    if r["config"].get("fisher"):  # the gradient pass is outside the units' own seconds
+        secs = f"{r['wall']['reconstruct_this_process']:.0f} s wall ({len(r['units'])} units and the Fisher pass)"
     return (f"| {reconstruct_label(r)} | {_m(r['calibration_alone'])} | {_m(r['reconstructed'])} "
             f"| {100 * r['fp']['top1']:.1f} | {secs} |")  # fmt: skip
 

@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--range-lr", type=float, default=ReconstructConfig.range_lr)
     ap.add_argument("--drop", type=float, default=0.0)
     ap.add_argument("--views", type=int, default=0, help="augmented copies of each calibration image")
+    ap.add_argument("--fisher", type=float, default=0.0, help="share of the loss weighted by the output's Fisher")
     ap.add_argument("--kept-tokens", action="store_true",
                     help="SMI sets: calibrate and reconstruct on each image's kept tokens only")  # fmt: skip
     ap.add_argument("--real-calib", type=int, default=0,
@@ -101,7 +102,7 @@ def main() -> int:
     print("calibration alone", calibrated, flush=True)
     rcfg = ReconstructConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, reg_weight=args.reg_weight,
                              act_ranges=args.act_ranges, range_lr=args.range_lr, drop=args.drop,
-                             views=args.views)  # fmt: skip
+                             views=args.views, fisher=args.fisher)  # fmt: skip
     t2 = time.perf_counter()
     units = reconstruct(qmodel, head, rcfg, checkpoint=args.out / "reconstruct.ckpt",
                         on_unit=lambda r: print(r, flush=True), keep_index=keep)  # fmt: skip

@@ -80,7 +80,13 @@ def test_reconstruct_tables_render_hand_made_reports(tmp_path: Path) -> None:
     dt["site_calibrators"] = ["fc2_in=mse"]
     mb = _rec("mobilenet_v1_025", di, {"iters": 500, "batch_size": 32, "lr": 0.1, "reg_weight": 10.0, "views": 3,
               "act_ranges": "learn"}, (0.08, 0.086, 4.5201), (0.202, 0.232, 2.6411), 0.57, 399.7, 15)  # fmt: skip
-    text = _render(tmp_path / "syn", "reconstruct", [dt, mb])
+    fi = _rec("deit_tiny", di, {"iters": 300, "batch_size": 16, "lr": 0.1, "reg_weight": 10.0, "views": 7,
+              "fisher": 0.5}, (0.748, 0.844, 0.192), (0.77, 0.88, 0.0991), 0.792, 500.0, 14)  # fmt: skip
+    fi["wall"] = {"reconstruct_this_process": 712.4}
+    text = _render(tmp_path / "syn", "reconstruct", [dt, mb, fi])
+    assert ("| DeiT-Tiny, 64 DeepInversion images, 300 steps/unit, batch 16, lr 0.1, reg 10, 7 augmented views per "
+            "image, Fisher-weighted loss (0.5) | 74.8 / 0.844 / 0.192 | 77.0 / 0.880 / 0.099 | 79.2 "
+            "| 712 s wall (14 units and the Fisher pass) |") in text.splitlines()  # fmt: skip
     assert ("| DeiT-Tiny, 64 SMI images, 300 steps/unit, batch 16, lr 1e-2, reg 1, `fc2_in` mse, activation ranges "
             "from the first 32 images | 76.4 / 0.828 / 0.212 "
             "| 75.4 / 0.852 / 0.146 | 79.2 | 988 s (14 units) |") in text.splitlines()  # fmt: skip

@@ -9,7 +9,8 @@ option (Wei et al., ICLR 2022), on any calibration images, synthetic ones includ
    reconstructed; ``inputs="fp"``: from the float model) and its target is the float unit's output on
    the float input, both recorded once for all images;
 3. Adam trains one rounding variable per weight (and, as an option, the activation ranges inside the
-   unit, LSQ) on the relative output error ``Σ (q - f)² / Σ f²`` plus ``reg_weight`` times the mean
+   unit, LSQ) on the relative output error ``Σ (q - f)² / Σ f²`` (as an option weighted by the
+   output's Fisher diagonal, :mod:`dfq.quant.fisher`) plus ``reg_weight`` times the mean
    annealed rounding penalty after a warm-up; ``drop`` > 0 keeps each quantized activation inside the unit in float with that
    probability during training (QDrop);
 4. the hard rounding is written into the layer's weight, which then lies on its quantizer's grid: the
@@ -39,6 +40,7 @@ from dfq.augment import with_views
 from dfq.checkpointing import StateFile, run_identity, to_cpu
 from dfq.errors import DfqError
 from dfq.quant.calibrate import activation_quantizers, quantizers_off
+from dfq.quant.fisher import output_fisher
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer
 from dfq.rounding import beta_at, init_rounding, rectified_sigmoid, rounded_weight, rounding_penalty
@@ -78,6 +80,10 @@ class ReconstructConfig:
             none): each a random resized crop (area 35-100%) and flip of the image
             (:func:`dfq.augment.resized_crop_flip`), drawn once from ``seed``. Few images fit a block's
             rounding to themselves; the views widen what it is fitted to at no cost per step.
+        fisher: share of each unit's loss weighted by the diagonal Fisher of its output
+            (:mod:`dfq.quant.fisher`: squared gradients of the KL from the float to the quantized
+            prediction, taken once on the calibrated model; 0: plain relative error, BRECQ's
+            objective as 1). The error per element becomes ``w (q - f)²`` with ``w`` of mean 1.
         seed: seed of the batch draws, the drop masks and the views.
     """
 
@@ -93,6 +99,7 @@ class ReconstructConfig:
     inputs: Literal["quant", "fp"] = "quant"
     units: Literal["block", "layer"] = "block"
     views: int = 0
+    fisher: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -106,6 +113,8 @@ class ReconstructConfig:
             raise ValueError(f"act_ranges must be frozen or learn, got {self.act_ranges!r}")
         if self.inputs not in ("quant", "fp"):
             raise ValueError(f"inputs must be quant or fp, got {self.inputs!r}")
+        if not 0 <= self.fisher <= 1:
+            raise ValueError(f"fisher must lie in [0, 1], got {self.fisher}")
         if self.views < 0:
             raise ValueError(f"views must not be negative, got {self.views}")
         if self.units not in ("block", "layer"):
@@ -220,6 +229,11 @@ def _error(out: Tensor, target: Tensor) -> Tensor:
     return (out - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
 
 
+def _weighted_error(out: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """``Σ w (out - target)² / Σ target²``: :func:`_error` with a weight of mean about 1 per element."""
+    return ((out - target).pow(2) * weights).sum() / target.pow(2).sum().clamp_min(1e-12)
+
+
 @torch.no_grad()
 def _unit_error(unit: nn.Module, x: Tensor, y: Tensor, batch: int, device: torch.device) -> float:
     """:func:`_error` over all images."""
@@ -242,7 +256,14 @@ def _drop_hooks(unit: nn.Module, p: float, g: torch.Generator) -> list[Any]:
 
 
 def _train_unit(
-    name: str, unit: nn.Module, x: Tensor, y: Tensor, config: ReconstructConfig, seed: int, bar: Any
+    name: str,
+    unit: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    config: ReconstructConfig,
+    seed: int,
+    bar: Any,
+    weights: Tensor | None = None,
 ) -> UnitReport:
     t0 = time.perf_counter()
     device = next(unit.parameters()).device
@@ -272,7 +293,10 @@ def _train_unit(
         for it in range(config.iters):
             idx = torch.randint(len(x), (min(config.batch_size, len(x)),), generator=g)
             out = unit(x[idx].to(device))
-            loss = _error(out, y[idx].to(device))
+            if weights is None:
+                loss = _error(out, y[idx].to(device))
+            else:
+                loss = _weighted_error(out, y[idx].to(device), weights[idx].to(device, torch.float32))
             beta = beta_at(it / config.iters, config.warmup, *config.beta)
             if beta is not None and config.reg_weight > 0:
                 loss = loss + config.reg_weight * sum(rounding_penalty(r.v, beta) for r in rounders) / n_weights
@@ -375,6 +399,10 @@ def reconstruct(
         reports = [UnitReport(**r) for r in saved["reports"]]
     fp_units = dict(reference.named_modules())
     images = with_views(images, config.views, config.seed)
+    fisher: dict[str, Tensor] = {}
+    if config.fisher > 0:  # from the calibrated model (reference, quantizers on): the same on a resume
+        fisher = output_fisher(reference, [n for n, _ in units[done:]], images, config.batch_size, config.fisher,
+                               keep_index)  # fmt: skip
     with tqdm(total=len(units) * config.iters, initial=done * config.iters, desc="reconstruct",
               disable=not progress) as bar:  # fmt: skip
         for i, (name, unit) in enumerate(units):
@@ -385,7 +413,7 @@ def reconstruct(
                                keep_index)  # fmt: skip
             if x is None:
                 x, _ = _record(model, unit, images, config.batch_size, True, False, keep_index)
-            report = _train_unit(name, unit, x, y, config, config.seed * 100003 + i, bar)
+            report = _train_unit(name, unit, x, y, config, config.seed * 100003 + i, bar, fisher.pop(name, None))
             reports.append(report)
             if on_unit is not None:
                 on_unit(report)

@@ -98,7 +98,7 @@ def test_cnn_bias_correction_is_zeroed_in_reconstructed_layers() -> None:
 def test_resume_after_an_interruption_is_bit_exact(tmp_path) -> None:
     fp = _model("test_vit")
     x = _images(8)
-    cfg = dataclasses.replace(FAST, drop=0.5, act_ranges="learn")  # every random stream and trained tensor in play
+    cfg = dataclasses.replace(FAST, drop=0.5, act_ranges="learn", fisher=0.5)  # every random stream and tensor in play
     whole = _calibrated(fp, x)
     reconstruct(whole, x, cfg, progress=False)
 
@@ -129,7 +129,7 @@ def test_resume_after_an_interruption_is_bit_exact(tmp_path) -> None:
 def test_bad_input() -> None:
     with pytest.raises(DfqError, match="nothing to reconstruct"):
         reconstruct(nn.Sequential(nn.Linear(2, 2)), torch.randn(2, 2), FAST, progress=False)
-    for bad in ({"iters": 0}, {"drop": 1.0}, {"act_ranges": "x"}, {"inputs": "y"}, {"units": "z"}, {"lr": 0}):
+    for bad in ({"iters": 0}, {"drop": 1.0}, {"act_ranges": "x"}, {"inputs": "y"}, {"units": "z"}, {"lr": 0}, {"fisher": 1.5}):
         with pytest.raises(ValueError):
             ReconstructConfig(**bad)
 
