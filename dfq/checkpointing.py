@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,23 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _read(path: Path) -> Any:
+    """The object in a state file, read with ``weights_only=True``: a pickle that would run code is
+    refused, never run.
+
+    Raises:
+        DfqError: the file cannot be read (a text file, a truncated file, a pickle of other objects),
+            in one line that says what to do; torch's own advice (``weights_only=False``) is not repeated.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns of the pickle protocol of files it did not write
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any bytes may be here, and every failure means: unreadable
+        why = type(e).__name__ + (", refused by torch's weights-only loader" if isinstance(e, pickle.UnpicklingError) else "")
+        raise DfqError(f"{path} is not a readable dfq checkpoint ({why}), so nothing can resume from it; delete it to start over") from None
+
+
 @dataclass(frozen=True)
 class StateFile:
     """A resumable state file of one run.
@@ -149,15 +167,13 @@ class StateFile:
         """The saved state (header and payload), or None when the file does not exist.
 
         Raises:
-            DfqError: not a dfq state file, another kind or version, or another run's identity.
+            DfqError: an unreadable file (never unpickled beyond tensors and plain data), not a dfq
+                state file, another kind or version, or another run's identity.
         """
         path = Path(self.path)
         if not path.exists():
             return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise DfqError(f"{path} is not a readable dfq checkpoint ({type(e).__name__}); delete it or pick another path") from e
+        state = _read(path)
         fmt = state.get("format") if isinstance(state, dict) else None
         if fmt != FORMAT:
             if isinstance(fmt, str) and fmt.startswith("dfq."):

@@ -14,6 +14,7 @@ This module owns the edge where a user's model reference becomes an ``nn.Module`
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import socket
 import threading
@@ -41,6 +42,10 @@ ModelFamily = Literal["vit", "cnn", "other"]
 _NO_HUB_HINT = "pass --checkpoint FILE (a local state_dict) or --no-pretrained (random weights)"
 _PROBE_TIMEOUT_S = 1.0
 _DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+"""Resize interpolations timm's evaluation transform accepts (``interpolation``)."""
+CROP_MODES = ("center", "squash", "border")
+"""Crop modes of timm's evaluation transform (``crop_mode``)."""
 
 
 # --------------------------------------------------------------------------------------------- names
@@ -199,11 +204,12 @@ def data_config(model: nn.Module, **overrides: Any) -> dict[str, Any]:
         Dict with exactly those six keys (``input_size`` as ``(C, H, W)``, mean/std as float tuples).
 
     Raises:
-        DfqError: An override key is not one of the six.
+        DfqError: An override key is not one of the six, or a value :func:`check_preprocessing` refuses.
     """
     unknown = sorted(set(overrides) - set(_DATA_CONFIG_KEYS))
     if unknown:
         raise DfqError(f"unknown preprocessing option(s) {', '.join(unknown)}; use {', '.join(_DATA_CONFIG_KEYS)}")
+    check_preprocessing(overrides)
     from timm.data import resolve_data_config
 
     config = dict(resolve_data_config({}, model=model))
@@ -217,6 +223,39 @@ def data_config(model: nn.Module, **overrides: Any) -> dict[str, Any]:
     for key in ("mean", "std"):
         config[key] = tuple(float(v) for v in config[key])
     return {k: config.get(k) for k in _DATA_CONFIG_KEYS}
+
+
+def check_preprocessing(overrides: Mapping[str, Any]) -> None:
+    """Refuse preprocessing values timm would fail on late (a KeyError in the transform) or turn into
+    non-finite images: ``None`` entries mean "the model's own" and pass.
+
+    >>> check_preprocessing({"std": (0.5, 0.5, 0.5), "interpolation": "bilinear", "crop_pct": None})
+    >>> check_preprocessing({"interpolation": "bogus"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dfq.errors.DfqError: interpolation 'bogus' is not one of nearest, bilinear, ...
+
+    Raises:
+        DfqError: an unknown interpolation or crop mode, a non-finite mean, a std that is not a finite
+            positive number, a ``crop_pct`` outside (0, 1].
+    """
+    choices = {"interpolation": INTERPOLATIONS, "crop_mode": CROP_MODES}
+    for key, valid in choices.items():
+        value = overrides.get(key)
+        if value is not None and value not in valid:
+            raise DfqError(f"{key} {value!r} is not one of {', '.join(valid)}")
+    for key in ("mean", "std"):
+        value = overrides.get(key)
+        if value is None:
+            continue
+        values = [value] if isinstance(value, int | float) else list(value)
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise DfqError(f"{key} {value} must be finite numbers")
+        if key == "std" and not all(v > 0 for v in values):
+            raise DfqError(f"std {value} must be positive (images are divided by it)")
+    crop = overrides.get("crop_pct")
+    if crop is not None and not (isinstance(crop, int | float) and 0 < crop <= 1):
+        raise DfqError(f"crop_pct {crop} must lie in (0, 1]")
 
 
 def eval_transform(config: Mapping[str, Any]) -> Any:

@@ -40,6 +40,7 @@ __all__ = [
     "CALIBRATION_DIR",
     "run_directory",
     "check_output",
+    "check_writable",
     "is_run_dir",
     "write_json",
     "save_quant_state",
@@ -88,12 +89,17 @@ def check_output(out: str | Path, overwrite: bool = False) -> None:
     (:func:`dfq.data.is_calibration_dir`): never a file, a folder of the user's, the current
     directory or one above it.
 
+    A new path must be one dfq can create: :func:`check_writable`.
+
     Raises:
         DfqError: the path may not be written; the message says why in one line.
     """
     from dfq.data import is_calibration_dir
 
+    if not str(out).strip():
+        raise DfqError("--out is empty; name a new directory")
     out = Path(out)
+    check_writable(out)
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -108,6 +114,55 @@ def check_output(out: str | Path, overwrite: bool = False) -> None:
             f"--force replaces only a dfq run or calibration set, and {out} is neither "
             f"(no dfq {RECIPE} or calibration.json); choose another --out"
         )
+
+
+_SIBLING_EXTRA = len(".") + len(".partial-") + 8
+"""Bytes the longest sibling of ``OUT`` adds to its name (``.OUT.partial-XXXXXXXX``; ``OUT.ckpt`` and
+``OUT.reconstruct.ckpt`` add fewer)."""
+
+
+def _shown(path: Path | str, width: int = 80) -> str:
+    """``path`` cut to ``width`` characters for a one-line message."""
+    text = str(path)
+    return text if len(text) <= width else f"{text[: width - 21]}…{text[-20:]}"
+
+
+def check_writable(out: str | Path) -> None:
+    """Refuse an output path dfq could not create, before any work: a name longer than the file system
+    allows (with the ``.OUT.partial-*`` sibling dfq assembles it in), a parent that is a file, or a
+    folder nothing can be created in (read-only, ``/proc``). Probed by creating and removing an empty
+    directory in the nearest existing ancestor, the one place the run's folders will be made.
+
+    Raises:
+        DfqError: the path cannot be created; the message says why in one line.
+    """
+    out = Path(out).absolute()
+    names = [os.fsencode(part) for part in out.parts[1:]]
+    anchor = next((p for p in out.parents if _exists(p)), Path(out.anchor))
+    try:
+        name_max, path_max = os.pathconf(anchor, "PC_NAME_MAX"), os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    longest = max((len(n) for n in names), default=0)
+    if longest + _SIBLING_EXTRA > name_max:
+        raise DfqError(
+            f"--out {_shown(out)}: a name of {longest} bytes is too long (at most {name_max - _SIBLING_EXTRA} here)"
+        )
+    if len(os.fsencode(str(out))) + _SIBLING_EXTRA >= path_max:
+        raise DfqError(f"--out {_shown(out)}: the path is too long (at most {path_max - _SIBLING_EXTRA - 1} bytes)")
+    if not anchor.is_dir():
+        raise DfqError(f"--out {_shown(out)}: {_shown(anchor)} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".dfq-probe-", dir=anchor))
+    except OSError as e:
+        raise DfqError(f"--out {_shown(out)}: cannot create anything in {_shown(anchor)} ({e.strerror})") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:  # a name too long, a loop: not a usable ancestor
+        return False
 
 
 @contextmanager
@@ -126,7 +181,10 @@ def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DfqError(f"cannot create {out.parent}: {e.strerror}") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise DfqError(f"cannot create a directory in {_shown(out.parent)}: {e.strerror}") from None
     try:
         yield tmp
         if out.exists():

@@ -45,7 +45,7 @@ from dfq.quant.quantizer import FakeQuantizer, Role
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["export_onnx", "export_mode", "target_of", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "export_mode", "target_of", "check_opset", "DEFAULT_OPSET"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,29 @@ FP16_OPSET = 19
 FP8_OPSET = 19
 INT4_OPSET = 21
 _EXPORTER_RANGES = {(-128, 127), (0, 255)}
+
+
+def check_opset(opset: int | None, minimum: int = DEFAULT_OPSET) -> int:
+    """The opset an export writes: ``minimum`` when None, else ``opset`` once it is supported.
+
+    The supported range runs from ``minimum`` (:data:`DEFAULT_OPSET`, or more for some options) to the
+    newest opset the installed ``onnx`` knows: the graph is traced at opset <= 20 and raised by onnx's
+    version converter, which knows no later one.
+
+    Raises:
+        DfqError: ``opset`` outside that range; the message gives the range.
+    """
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset is None:
+        return minimum
+    if not minimum <= opset <= newest:
+        options = " with these options" if minimum > DEFAULT_OPSET else ""
+        raise DfqError(
+            f"opset {opset} is not supported{options}: choose {minimum} to {newest} (the newest onnx {onnx.__version__} knows)"
+        )
+    return opset
 
 
 # -- export-time stand-ins ------------------------------------------------------------------------
@@ -263,9 +286,7 @@ def export_onnx(
     if fp8 and fp16_remainder:
         raise DfqError("fp16_remainder is not supported for FP8 exports yet (FP8 Q/DQ keep float32 scales)")
     want = INT4_OPSET if int4_weights else FP16_OPSET if fp16_remainder else FP8_OPSET if fp8 else DEFAULT_OPSET
-    opset = opset or want
-    if opset < want:
-        raise DfqError(f"opset {opset} is too old for these options; use >= {want}")
+    opset = check_opset(opset, want)
     proto = _trace(model, tuple(input_shape), min(opset, 20))
     from dfq.export.onnx_passes import postprocess
 

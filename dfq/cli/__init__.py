@@ -3,7 +3,9 @@ call, print the result. Option choices come from the registries (presets, calibr
 methods, targets, backends, export formats).
 
 Exit codes: 0 success, 2 bad input (one-line ``error: ...`` on stderr, no traceback; set
-``DFQ_DEBUG=1`` to see it), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Both stop an
+``DFQ_DEBUG=1`` to see it; click's own usage errors, such as an unknown option, a missing or badly
+typed value or a bad choice, are printed the same way, without click's Usage/Try lines),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Both stop an
 inversion at the current iteration with a resumable checkpoint (``dfq invert ... --resume``).
 Commands that produce figures print them as JSON with ``--json`` (for pipelines).
 
@@ -38,17 +40,46 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated
 
 
+def _usage_line(e: click.ClickException) -> str:
+    """A click error (unknown option, missing value, bad choice, ...) as the one ``error:`` line."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:] if message[1:2].islower() else message
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return f"error: {message}"
+
+
 class _DfqGroup(click.Group):
     """The group that turns bad input into one ``error:`` line and exit 2, and interrupts into 130/143.
 
-    Only :class:`DfqError` is bad input; any other exception is a bug and keeps its traceback.
+    Bad input is a :class:`DfqError` or a click usage error (unknown option or command, missing or
+    badly typed value, bad choice: printed as one line too, without click's Usage/Try lines); any other
+    exception is a bug and keeps its traceback.
     ``DFQ_DEBUG=1`` shows the traceback of a DfqError too. Living in the group (not around it), this
     behaves the same under ``click.testing.CliRunner`` as in the console script.
     """
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        """The group's own options parsed; a click usage error (``dfq --bogus``) is one line and exit 2."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare ``dfq``: the help text, as click prints it
+        except click.ClickException as e:
+            click.echo(_usage_line(e), err=True)
+            raise click.exceptions.Exit(2) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.ClickException as e:  # the command's options (parsed here), or an unknown command
+            click.echo(_usage_line(e), err=True)
+            ctx.exit(2)
         except DfqError as e:
             if os.environ.get("DFQ_DEBUG"):
                 raise

@@ -83,7 +83,7 @@ def _numerics() -> list[str]:
 )
 @click.option("--num-images", type=int, default=32, show_default=True, help="Calibration images.")
 @click.option("--eval-folder", type=click.Path(), default=None, help="ImageNet-style <wnid>/<image> folder.")
-@click.option("--eval-images", type=int, default=None, help="Evaluate at most this many images.")
+@click.option("--eval-images", type=click.IntRange(min=1), default=None, help="Evaluate at most this many images.")
 @click.option(
     "--sites",
     default=None,

@@ -81,7 +81,7 @@ from dfq.inversion.registry import inverter_names
     help="Any other training setting (e.g. ce=1, mixup=0.5, kd_steps=20), repeatable.",
 )
 @click.option("--eval-folder", type=click.Path(), default=None, help="ImageNet-style <wnid>/<image> folder.")
-@click.option("--eval-images", type=int, default=None, help="Evaluate on at most this many images.")
+@click.option("--eval-images", type=click.IntRange(min=1), default=None, help="Evaluate on at most this many images.")
 @click.option(
     "--no-pretrained", is_flag=True, help="Random initialization of timm models without a checkpoint (tests)."
 )

@@ -19,7 +19,7 @@ from dfq.jobs.export import EXPORT_FORMATS
 @click.option("--model", "model_name", default=None, help="Evaluate a float model instead of a run.")
 @_model_options
 @click.option("--data", required=True, type=click.Path(), help="ImageNet-style <wnid>/<image> folder.")
-@click.option("--limit", type=int, default=None, help="Evaluate at most this many images.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most this many images.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option(
     "--backend",

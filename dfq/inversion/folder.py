@@ -21,6 +21,7 @@ from torch import nn
 from dfq.data import CalibrationSet, load_image_tensor
 from dfq.errors import DfqError
 from dfq.inversion.registry import register_inverter
+from dfq.models import check_preprocessing
 
 __all__ = ["FolderConfig", "folder_images", "PREPROCESSING_KEYS"]
 
@@ -56,6 +57,7 @@ class FolderConfig:
             raise ValueError("the folder source needs path=DIR")
         if self.num_images < 1:
             raise ValueError("num_images must be >= 1")
+        check_preprocessing(self.preprocessing())  # here, not as a KeyError once the model is loaded
 
     def preprocessing(self) -> dict[str, object]:
         """The data-config overrides this config sets."""

@@ -7,6 +7,7 @@ them all generically (``--set lr=0.2 --set schedule=50:0.3,100:0.3``) without a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -22,13 +23,15 @@ def _convert(text: str, hint: Any, key: str) -> Any:
     if origin is typing.Union or origin is types.UnionType:
         if text.lower() in ("none", "null") and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        errors = []
+        for arg in options:
             try:
                 return _convert(text, arg, key)
-            except (ValueError, DfqError):
-                continue
+            except ValueError as e:  # DfqError included
+                errors.append(e)
+        if len(options) == 1 and isinstance(errors[0], DfqError):
+            raise errors[0]  # X | None: say what is wrong with the X
         raise DfqError(f"--set {key}={text}: cannot convert to {hint}")
     if hint is bool:
         if text.lower() in ("1", "true", "yes", "on"):
@@ -38,9 +41,12 @@ def _convert(text: str, hint: Any, key: str) -> Any:
         raise DfqError(f"--set {key}={text}: expected true or false")
     if hint in (int, float, str):
         try:
-            return hint(text)
+            value = hint(text)
         except ValueError:
             raise DfqError(f"--set {key}={text}: expected {hint.__name__}") from None
+        if hint is float and not math.isfinite(value):  # no setting means anything by nan or inf
+            raise DfqError(f"--set {key}={text}: expected a finite number")
+        return value
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: comma-separated items
             return tuple(_convert(item, args[0], key) for item in text.split(",") if item)
@@ -55,7 +61,8 @@ def parse_overrides(config_cls: type, items: typing.Iterable[str]) -> dict[str, 
     """Typed keyword arguments for ``config_cls`` from ``KEY=VALUE`` strings.
 
     Raises:
-        DfqError: malformed item, unknown field (the message lists the valid ones) or bad value.
+        DfqError: malformed item, unknown field (the message lists the valid ones) or bad value
+            (a float must be finite: ``nan`` and ``inf`` are refused).
 
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)

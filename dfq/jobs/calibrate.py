@@ -24,8 +24,8 @@ from dfq.config import TARGETS, BiasCorrection, QuantConfig, preset
 from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.errors import DfqError
-from dfq.jobs.evaluate import evaluate_pair
-from dfq.jobs.model import check_set_matches, load_job_model
+from dfq.jobs.evaluate import check_eval_options, evaluate_pair
+from dfq.jobs.model import check_set_matches, check_sites, load_job_model
 from dfq.jobs.plan import (
     DEFAULT_HOLDOUT,
     HOLDOUT_DIR,
@@ -62,7 +62,7 @@ class CalibrateRequest:
             recipe).
         num_images, seed: size and seed of the calibration set.
         eval_folder: ImageNet-style ``<wnid>/<image>`` folder for accuracy, agreement and KL.
-        eval_images: evaluate on at most this many images (None = all).
+        eval_images: evaluate on at most this many images (None = all; at least 1).
         batch_size: batch size of calibration and evaluation forwards.
         device: ``cpu`` | ``cuda`` (None: cuda when available).
         data_overrides: preprocessing overrides (``mean``, ``std``, ``crop_pct``, ...).
@@ -134,8 +134,7 @@ class CalibrateRequest:
             raise DfqError("--num-images must be at least 1")
         if self.batch_size < 1:
             raise DfqError("--batch-size must be at least 1")
-        if self.eval_folder is not None and not Path(self.eval_folder).is_dir():
-            raise DfqError(f"--eval-folder {self.eval_folder} is not a directory")
+        check_eval_options(self.eval_folder, self.eval_images)
 
 
 def quant_config_from_options(
@@ -235,6 +234,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
     from dfq.runs import (
         CALIBRATION_DIR,
         RECIPE,
+        check_output,
         run_directory,
         save_quant_state,
         versions,
@@ -243,6 +243,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
     )
 
     device = check_device(request.device)
+    check_output(request.out, request.overwrite)  # before a set is read or made, not after
     timings: dict[str, float] = {}
     made = request.source.kind is not SourceKind.SET  # an inversion or a folder draws the held-out images too
     extra = request.holdout_images if made else 0
@@ -254,6 +255,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
                 request.model, request.checkpoint, request.pretrained, device, model, request.data_overrides
             )
         cfg = job_model.data_cfg
+        check_sites(request.config, job_model.module)  # before a long inversion, not after it
         if held_saved is not None:  # before a long inversion, not after it
             check_set_matches(held_saved, job_model.identity, str(request.holdout_set))
         with _timer(timings, "calibration_data"):

@@ -29,6 +29,7 @@ from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.distill.config import DistillConfig
 from dfq.errors import DfqError
+from dfq.jobs.evaluate import check_eval_options
 from dfq.jobs.model import JobModel, load_job_model
 from dfq.jobs.sources import CalibrationSource, plan_source, resolve_source
 
@@ -94,8 +95,7 @@ class DistillRequest:
             raise DfqError("give --teacher NAME (the float model to distill from)")
         if self.num_images < 1:
             raise DfqError("--num-images must be at least 1")
-        if self.eval_folder is not None and not Path(self.eval_folder).is_dir():
-            raise DfqError(f"--eval-folder {self.eval_folder} is not a directory")
+        check_eval_options(self.eval_folder, self.eval_images)
         if self.qat is not None and not (Path(self.qat) / "recipe.json").is_file():
             raise DfqError(f"--qat {self.qat} is not a dfq run directory (no recipe.json)")
 

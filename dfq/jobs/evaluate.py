@@ -19,7 +19,9 @@ from dfq.devices import check_device
 from dfq.errors import DfqError
 from dfq.evaluation import Predictor, TorchPredictor, evaluate
 
-__all__ = ["BACKENDS", "evaluate_folder", "evaluate_pair", "float_reference", "folder_loader", "pair_report"]
+__all__ = [
+    "BACKENDS", "check_eval_options", "evaluate_folder", "evaluate_pair", "float_reference", "folder_loader", "pair_report",
+]  # fmt: skip
 
 
 def _torch_backend(run: Path, net: nn.Module, device: torch.device) -> Predictor:
@@ -94,6 +96,26 @@ def pair_report(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_eval_options(
+    folder: str | None, limit: int | None, *, folder_flag: str = "--eval-folder", limit_flag: str = "--eval-images"
+) -> None:
+    """Refuse an evaluation folder and image cap that cannot give figures, before any work.
+
+    An empty path would mean the current directory, and a cap below 1 evaluates nothing (no KL).
+
+    Raises:
+        DfqError: an empty or missing folder, a cap below 1; the message names the option.
+    """
+    if limit is not None and limit < 1:
+        raise DfqError(f"{limit_flag} must be at least 1, got {limit}")
+    if folder is None:
+        return
+    if not str(folder).strip():
+        raise DfqError(f"{folder_flag} is empty; name an ImageNet-style <wnid>/<image> folder")
+    if not Path(folder).is_dir():
+        raise DfqError(f"{folder_flag} {folder} is not a directory")
+
+
 def folder_loader(folder: str, cfg: dict[str, Any], batch_size: int, limit: int | None):  # noqa: ANN202
     """Unshuffled ``(images, labels)`` batches of an ImageNet-style folder preprocessed with ``cfg``
     (labels from the WordNet-id folder names), the first ``limit`` images in sorted order."""
@@ -142,7 +164,8 @@ def evaluate_folder(
     top-1/top-5 only. ``backend`` (:data:`BACKENDS`) runs the quantized model.
 
     Raises:
-        DfqError: both or neither of run/model, a missing folder or export, an unknown backend.
+        DfqError: both or neither of run/model, a missing or empty folder, a limit below 1, a missing
+            export, an unknown backend, an unavailable device.
     """
     from dfq.models import data_config, load_model
     from dfq.runs import load, read_recipe
@@ -153,8 +176,7 @@ def evaluate_folder(
         raise DfqError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend != "torch" and run is None:
         raise DfqError(f"--backend {backend} evaluates a run directory's export; give RUN")
-    if not Path(data).is_dir():  # before loading a model or a run
-        raise DfqError(f"--data {data} is not a directory")
+    check_eval_options(data, limit, folder_flag="--data", limit_flag="--limit")  # before loading a model or a run
     dev = torch.device(check_device(device))
     if run is None:
         net = load_model(str(model), checkpoint=checkpoint, pretrained=pretrained).to(dev)

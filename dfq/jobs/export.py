@@ -42,10 +42,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", model: nn.Module | None =
         The ONNX path for ``onnx``, the plan path for ``trt``.
 
     Raises:
-        DfqError: ``trt`` for numerics TensorRT cannot run, an unknown format or option.
+        DfqError: ``trt`` for numerics TensorRT cannot run, an unknown format or option, an opset
+            outside the supported range (:func:`dfq.export.onnx.check_opset`).
     """
     from dfq.config import QuantConfig
-    from dfq.export.onnx import export_onnx
+    from dfq.export.onnx import check_opset, export_onnx
     from dfq.models import data_config
     from dfq.runs import load, read_recipe
 
@@ -54,6 +55,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", model: nn.Module | None =
     unknown = set(opts) - _ONNX_KEYS - _TRT_KEYS
     if unknown:
         raise DfqError(f"unknown export option(s) {sorted(unknown)}; valid: {sorted(_ONNX_KEYS | _TRT_KEYS)}")
+    if opts.get("opset") is not None:  # the range every export allows, before the run is loaded
+        check_opset(opts["opset"])
     run = Path(run_dir)
     recipe = read_recipe(run)
     check_format(QuantConfig.from_dict(recipe["quant"]), fmt)

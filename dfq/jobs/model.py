@@ -3,7 +3,8 @@
 Every job (invert, calibrate, evaluate) starts from a :class:`JobModel`: the float module on its
 device, the data config that reaches every step (the model's own preprocessing with the caller's
 overrides applied once, here), and the identity record written into manifests and recipes and checked
-when a calibration set is reused (:func:`check_set_matches`).
+when a calibration set is reused (:func:`check_set_matches`). :func:`check_sites` refuses a
+quantization config none of whose activation sites exist in the model.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 from torch import nn
 
 from dfq.checkpoints import checkpoint_sha256
+from dfq.config import CNN_SITES, VIT_SITES, QuantConfig
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
-from dfq.models import data_config, load_model, model_family
+from dfq.models import data_config, is_cls_vit, load_model, model_family
 
-__all__ = ["JobModel", "load_job_model", "check_set_matches"]
+__all__ = ["JobModel", "load_job_model", "check_set_matches", "check_sites"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,24 @@ def check_set_matches(calib: CalibrationSet, identity: dict[str, Any], where: st
         raise DfqError(f"calibration set {where} was made from another checkpoint ({made.get('checkpoint')})")
     if made.get("name") and identity.get("name") and made["name"] != identity["name"] and not (mine and mine == theirs):
         raise DfqError(f"calibration set {where} was made for model {made['name']}, not {identity['name']}")
+
+
+def check_sites(config: QuantConfig, module: nn.Module) -> None:
+    """Refuse activation sites of which the model has none (``--sites q,k`` on a CNN): the run would
+    quietly quantize no activation at all.
+
+    A CLS-token ViT has :data:`dfq.config.VIT_SITES`, every other model :data:`dfq.config.CNN_SITES`
+    (the placement of :func:`dfq.quantize_`). The presets enable sites of both, so only a config that
+    shares none with the model is refused; an empty set (weights only) passes.
+
+    Raises:
+        DfqError: no enabled site exists in the model; the message lists the ones it has.
+    """
+    vit = is_cls_vit(module)
+    own = VIT_SITES if vit else CNN_SITES
+    if config.act_sites and not config.act_sites & set(own):
+        kind = "a CLS-token ViT" if vit else "not a CLS-token ViT"
+        raise DfqError(
+            f"activation sites {','.join(sorted(config.act_sites))} do not exist in {type(module).__name__} "
+            f"({kind}); its sites are {','.join(own)}"
+        )

@@ -175,6 +175,9 @@ def plan_source(
     entry = get_inverter(method)
     values = parse_overrides(entry.config_cls, source.settings)
     values.update(source.options)
+    for key, option in _JOB_OPTIONS.items():  # the job's own options, not the method's settings
+        if key in values:
+            raise DfqError(f"--set {key}=...: {key} is the job's own option; use {option} instead")
     if source.kind is SourceKind.FOLDER:
         values["path"] = source.path
     ckpt = _checkpoint_file(entry.config_cls, values, checkpoint_path, resume, method)
@@ -222,6 +225,10 @@ def resolve_source(plan: SourcePlan, job_model: JobModel, *, device: str, progre
     }
     provenance.setdefault("seconds", provenance["wall_seconds"])
     return Resolved(dataclasses.replace(calib, provenance=provenance), plan.checkpoint)
+
+
+_JOB_OPTIONS = {"num_images": "--num-images", "seed": "--seed"}
+"""Config fields every inversion takes from the job itself (``plan_source``'s arguments)."""
 
 
 def _checkpoint_file(
