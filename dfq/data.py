@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dfq.atomic import atomic_write
 from dfq.checkpoints import check_finite
-from dfq.errors import DfqError
+from dfq.errors import DfqError, DfqWarning
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp"})
 """File suffixes read as images (compared case-insensitively)."""
@@ -158,7 +158,8 @@ def sample_image_paths(root: str | Path, num_images: int, seed: int = 0) -> list
         raise DfqError(f"number of images must be at least 1, got {num_images}")
     paths = list_images(root)
     if len(paths) < num_images:
-        warnings.warn(f"{root} holds only {len(paths)} images; using all of them instead of {num_images}", stacklevel=2)
+        warnings.warn(f"{root} holds only {len(paths)} images, fewer than the {num_images} asked; using all {len(paths)}",
+                      DfqWarning, stacklevel=2)  # fmt: skip
     return random.Random(seed).sample(paths, min(num_images, len(paths)))
 
 

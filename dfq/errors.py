@@ -2,9 +2,14 @@
 
 Library code raises :class:`DfqError` for anything a user can fix (unknown model, missing file,
 bad option combination). The CLI turns it into a one-line message and exit code 2; Python callers
-catch it like any ``ValueError``.
+catch it like any ``ValueError``. :class:`DfqWarning` is its mild sibling: the job goes on, and the
+CLI prints the warning as one ``note: ...`` line (Python callers see an ordinary ``UserWarning``).
 """
 
 
 class DfqError(ValueError):
     """A user-facing error: the message is one line and says what to do."""
+
+
+class DfqWarning(UserWarning):
+    """A user-facing note (the job goes on): one line, printed by the CLI as ``note: ...``."""

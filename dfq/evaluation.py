@@ -11,13 +11,13 @@ follows the usual definition (Russakovsky et al., ImageNet LSVRC) with determini
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from dfq._progress import progress_bar
 
 __all__ = [
     "Predictor",
@@ -101,8 +101,7 @@ def _predict_many(
     """Run every predictor on each batch in one pass over ``loader``."""
     outputs: list[list[Tensor]] = [[] for _ in predictors]
     labels: list[Tensor] = []
-    # disable=None lets tqdm switch itself off when stderr is not a terminal.
-    bar = tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, file=sys.stderr)
+    bar = progress_bar(loader, progress=progress, desc=desc, unit="batch")  # off when stderr is no terminal
     for batch in bar:
         images, batch_labels = _split_batch(batch)
         for out, predictor in zip(outputs, predictors, strict=True):

@@ -45,7 +45,7 @@ from dfq.quant.quantizer import FakeQuantizer, Role
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["export_onnx", "export_mode", "target_of", "check_opset", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "save_onnx", "export_mode", "target_of", "check_opset", "DEFAULT_OPSET"]
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def export_onnx(
     proto = postprocess(proto, opset=opset, fp16_remainder=fp16_remainder, int4_weights=int4_weights, fp8=fp8)
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
+    save_onnx(proto, path)
     if check:
         from dfq.export.checker import check_onnx, format_findings
 
@@ -308,6 +308,17 @@ def export_onnx(
                 + format_findings(errors[:3]).replace("\n", "; ")
             )
     return path
+
+
+def save_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``proto`` to ``path`` atomically (:func:`dfq.atomic.atomic_write`): a temporary file in the
+    same folder, renamed only once complete, so a failed or interrupted save (a full disk) leaves the
+    previous file, or none, and never a truncated graph that fails to parse later."""
+    import onnx
+
+    from dfq.atomic import atomic_write
+
+    return atomic_write(Path(path), lambda tmp: onnx.save(proto, str(tmp), format="protobuf"))  # not by the .tmp suffix
 
 
 def _trace(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> onnx.ModelProto:

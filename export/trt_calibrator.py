@@ -145,9 +145,9 @@ def strip_qdq(onnx_path: str | Path, out_path: str | Path) -> Path:
         for i, name in enumerate(node.input):
             node.input[i] = renames.get(name, name)
     _remove_dead(proto)
-    out_path = Path(out_path)
-    onnx.save(proto, str(out_path))
-    return out_path
+    from dfq.export.onnx import save_onnx
+
+    return save_onnx(proto, out_path)
 
 
 def make_trt_calibrator(

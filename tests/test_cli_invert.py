@@ -70,7 +70,7 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
     cmd = [sys.executable, "-c", "from dfq.cli import main; main()", "invert", "--model", "test_vit",
            "--no-pretrained", "--device", "cpu", "--method", "deepinversion", "--num-images", "1",
            "--set", "iterations=400", "--set", "checkpoint_every=100000", "--set", "log_every=1", "--out", str(out)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DFQ_PROGRESS": "1"}  # a bar on the pipe
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env, text=True)
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
@@ -144,14 +144,14 @@ def test_resume_refuses_a_checkpoint_of_other_weights(tmp_path, capsys):
 
 
 def test_calibrate_refuses_a_stale_inversion_checkpoint(tmp_path, image_folder, capsys):
-    """``calibrate`` has no --resume: a checkpoint at its --set checkpoint_path is an error; its own is removed."""
+    """A checkpoint at calibrate's --set checkpoint_path is an error without --resume; its own is removed."""
     ckpt = tmp_path / "c.ckpt"
     dfq.invert(dfq.load_model("test_vit", pretrained=False), "deepinversion", num_images=1, iterations=2,
                checkpoint_path=str(ckpt), progress=False)  # fmt: skip
     args = ["calibrate", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--inversion", "deepinversion",
             "--num-images", "1", "--set", "iterations=2", "--set", f"checkpoint_path={ckpt}"]  # fmt: skip
     code, _, err = run_cli([*args, "--out", str(tmp_path / "r")], capsys)
-    assert code == 2 and "dfq invert" in err and ckpt.exists() and not (tmp_path / "r").exists()
+    assert code == 2 and "--resume" in err and ckpt.exists() and not (tmp_path / "r").exists()
     ckpt.unlink()
     code, _, err = run_cli([*args, "--out", str(tmp_path / "r")], capsys)
     assert code == 0, err

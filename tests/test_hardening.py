@@ -3,14 +3,16 @@ no click Usage/Try lines, and nothing written at ``--out`` (or into the run bein
 
 One table, :data:`CASES`: the command's arguments (``{out}``, ``{folder}``, ``{run}``, ``{tmp}`` are filled
 in per test), a substring of the expected error line, and an optional ``setup`` that plants a file
-first (a corrupt or malicious ``OUT.ckpt`` for ``--resume``). Runs on timm's tiny models; a case that
+first (a corrupt or malicious ``OUT.ckpt`` for ``--resume``, the lock of a live run). Runs on timm's tiny models; a case that
 needs a run directory gets one calibrated once per module.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,12 +63,20 @@ def _malicious_ckpt(out: Path) -> None:
     torch.save({"format": "dfq.checkpoint", "payload": _Payload(out.parent / "pwned")}, Path(f"{out}.ckpt"))
 
 
+def _live_lock(out: Path) -> None:  # a run of this (live) process is writing OUT
+    Path(f"{out}.lock").write_text(f"dfq-lock {os.getpid()} {socket.gethostname()}\n")
+
+
 def _malicious_raw_pickle(out: Path) -> None:  # protocol 4: torch also warned of the protocol on stderr
     Path(f"{out}.ckpt").write_bytes(pickle.dumps({"payload": _Payload(out.parent / "pwned")}, protocol=4))
 
 
 _ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 _CUDA = torch.cuda.is_available()
+_TRT = importlib.util.find_spec("tensorrt") is not None
+_NO_TRT = pytest.mark.skipif(_TRT, reason="TensorRT is installed")
+_FOLDER = ["calibrate", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--calib-folder", "{folder}",
+           "--out", "{out}"]  # fmt: skip
 
 CASES = [
     # 1. click's own usage errors
@@ -125,6 +135,18 @@ CASES = [
     pytest.param(_invert("noise", "--out", "{tmp}/readonly/run"), "cannot create anything in", None,
                  id="invert-out-read-only", marks=pytest.mark.skipif(_ROOT, reason="root writes into a 0500 directory")),  # fmt: skip
     pytest.param(_calibrate("--out", "{tmp}/" + "a" * 5000), "too long", None, id="out-5000-chars"),
+    # 10. refused before the work, not after it (second batch)
+    pytest.param(_calibrate("--num-images", "100000000"), "lower --num-images", None, id="calibrate-num-images-huge"),
+    pytest.param(_invert("noise", "--num-images", "100000000"), "lower --num-images", None, id="invert-num-images-huge"),
+    pytest.param(_calibrate("--export", "trt"), "TensorRT is not installed", None, id="calibrate-export-trt-missing",
+                 marks=_NO_TRT),  # fmt: skip
+    pytest.param(["export", "{run}", "--format", "trt"], "TensorRT is not installed", None, id="export-trt-missing",
+                 marks=_NO_TRT),  # fmt: skip
+    pytest.param([*_FOLDER, "--set", "lr=0.1"], "it needs --inversion", None, id="calib-folder-with-set"),
+    pytest.param([*_FOLDER, "--resume"], "--resume continues an interrupted inversion", None, id="calib-folder-resume"),
+    pytest.param(_calibrate("--resume"), "'noise' does not checkpoint", None, id="calibrate-resume-noise"),
+    pytest.param(_invert(), "is being written by dfq process", _live_lock, id="invert-out-locked"),
+    pytest.param(_calibrate(), "is being written by dfq process", _live_lock, id="calibrate-out-locked"),
 ]
 
 

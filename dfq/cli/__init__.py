@@ -6,7 +6,11 @@ Exit codes: 0 success, 2 bad input (one-line ``error: ...`` on stderr, no traceb
 ``DFQ_DEBUG=1`` to see it; click's own usage errors, such as an unknown option, a missing or badly
 typed value or a bad choice, are printed the same way, without click's Usage/Try lines),
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Both stop an
-inversion at the current iteration with a resumable checkpoint (``dfq invert ... --resume``).
+inversion at the current iteration with a resumable checkpoint (``dfq invert ... --resume``,
+``dfq calibrate ... --resume``). A full disk is reported the same way (``error: no space left on device
+writing ...``, exit 2). Notes the job goes on after (fewer images in a folder than asked) are one
+``note: ...`` line each. Progress bars are drawn only when stderr is a terminal (``DFQ_PROGRESS=1``
+forces them on, ``0`` off: :mod:`dfq._progress`).
 Commands that produce figures print them as JSON with ``--json`` (for pipelines).
 
 This package holds the group, its error handling and the entry point; each command family lives in its own
@@ -19,15 +23,19 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 import click
 
+from dfq.atomic import is_out_of_space, out_of_space_error
 from dfq.cli import analyze, bench, calibrate, distill, evaluate, invert
 from dfq.cli._common import _model_options as _model_options  # re-exported: the helpers lived here
 from dfq.cli._common import _pct as _pct
 from dfq.cli._common import _print as _print
-from dfq.errors import DfqError
+from dfq.errors import DfqError, DfqWarning
 
 __all__ = ["cli", "main"]
 
@@ -74,7 +82,8 @@ class _DfqGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _notes():
+                return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.ClickException as e:  # the command's options (parsed here), or an unknown command
@@ -85,10 +94,34 @@ class _DfqGroup(click.Group):
                 raise
             click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
             ctx.exit(2)
+        except OSError as e:  # a full disk wherever it struck (dfq's own writers say it as a DfqError)
+            if not is_out_of_space(e) or os.environ.get("DFQ_DEBUG"):
+                raise
+            click.echo(f"error: {out_of_space_error(e.filename or 'a file')}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt as e:
             terminated = isinstance(e, _Terminated)
             click.echo("terminated" if terminated else "interrupted", err=True)
             ctx.exit(143 if terminated else 130)
+
+
+@contextmanager
+def _notes() -> Iterator[None]:
+    """Print each :class:`DfqWarning` as one ``note: ...`` line on stderr (no file and line number);
+    every other warning is shown as Python shows it."""
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:  # fmt: skip
+        if issubclass(category, DfqWarning):
+            click.echo(f"note: {' '.join(str(message).split())}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DfqWarning)  # a note each time, not once per call site
+        warnings.showwarning = show
+        yield
 
 
 @click.group(cls=_DfqGroup, context_settings={"help_option_names": ["-h", "--help"]})

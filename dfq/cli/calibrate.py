@@ -145,6 +145,9 @@ def _numerics() -> list[str]:
 @click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory (only one dfq wrote).")
 @click.option(
+    "--resume", is_flag=True, help="Continue an interrupted inversion from OUT.ckpt (as dfq invert --resume)."
+)
+@click.option(
     "--export",
     "export_fmt",
     type=click.Choice(sorted(EXPORT_FORMATS)),
@@ -184,12 +187,13 @@ def calibrate(
     seed: int,
     out: str,
     force: bool,
+    resume: bool,
     export_fmt: str | None,
     as_json: bool,
 ) -> None:
     """Quantize a model and calibrate it on real or synthetic images; write a run directory."""
     from dfq.jobs.calibrate import CalibrateRequest, quant_config_from_options, run_calibrate
-    from dfq.jobs.export import check_format, export_run
+    from dfq.jobs.export import check_export_available, check_format, export_run
     from dfq.jobs.sources import CalibrationSource
 
     config = quant_config_from_options(
@@ -203,8 +207,9 @@ def calibrate(
         target,
         bias_correction,
     )
-    if export_fmt is not None:
-        check_format(config, export_fmt)  # before the calibration, not after it
+    if export_fmt is not None:  # before the calibration, not after it
+        check_format(config, export_fmt)
+        check_export_available(export_fmt)
     request = CalibrateRequest(
         out=out,
         config=config,
@@ -220,6 +225,7 @@ def calibrate(
         batch_size=batch_size,
         device=device,
         overwrite=force,
+        resume=resume,
         progress=not as_json,
         reconstruct=_reconstruct_config(do_reconstruct, reconstruct_iters, reconstruct_options, seed),
         holdout=holdout,

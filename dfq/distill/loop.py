@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from dfq._progress import progress_bar
 from dfq.checkpointing import StateFile, config_key, to_cpu
 from dfq.checkpoints import nonfinite_names, weights_sha256
 from dfq.distill.augment import flip_sparse, mix, resized_crop_flip
@@ -212,7 +212,7 @@ def run_loop(
         }  # fmt: skip
         file.save(to_cpu(payload))
 
-    bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=config.steps, initial=step, progress=progress, desc=desc, dynamic_ncols=True)
     pending: list[torch.Tensor] = []
     try:
         if state is None and eval_data is not None:

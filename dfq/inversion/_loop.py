@@ -264,7 +264,7 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
     Raises:
         DfqError: a non-finite loss, or a checkpoint from another run.
     """
-    from tqdm.auto import tqdm
+    from dfq._progress import progress_bar
 
     start_time = time.perf_counter()
     num_batches = math.ceil(spec.num_images / spec.batch_size)
@@ -284,8 +284,8 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                          live=in_batch, done=done, seconds=elapsed())  # fmt: skip
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if spec.amp and device.type == "cuda" else nullcontext()
-    bar = tqdm(total=num_batches * spec.iterations, initial=start_batch * spec.iterations + start_it,
-               disable=not progress, desc=spec.method, dynamic_ncols=True)  # fmt: skip
+    bar = progress_bar(total=num_batches * spec.iterations, initial=start_batch * spec.iterations + start_it,
+                       progress=progress, desc=spec.method, dynamic_ncols=True)  # fmt: skip
     try:
         for b in range(start_batch, num_batches):
             size = min(spec.batch_size, spec.num_images - b * spec.batch_size)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dfq._progress import show_progress
 from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.errors import DfqError
@@ -79,7 +80,7 @@ def run_analyze(request: AnalyzeRequest) -> dict[str, Any]:
     net = load(run, device=dev)
     reference = batched_logits(float_reference(recipe, net, dev), held.images, request.batch_size)
     kinds = ("weight", "act") if request.sites else ("weight",)
-    baseline, rows = sensitivity(net, held.images, reference, kinds, request.batch_size, request.progress)
+    baseline, rows = sensitivity(net, held.images, reference, kinds, request.batch_size, show_progress(request.progress))
     record = analysis_record(baseline, rows, {"source": source, "count": len(held)})
     write_analysis(run, record)
     record["written"] = str(run / ANALYSIS_JSON)

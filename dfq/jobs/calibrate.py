@@ -3,7 +3,8 @@
 :func:`run_calibrate` takes a :class:`CalibrateRequest` (and, for models that are not timm names,
 the float ``nn.Module``); :func:`quant_config_from_options` turns the CLI's scheme and calibrator
 options into a :class:`dfq.config.QuantConfig`. The run directory (:mod:`dfq.runs`) appears only when
-complete; an inversion checkpoint of this run is removed only after that.
+complete; an inversion checkpoint of this run (``OUT.ckpt``, continued with ``resume``, as ``dfq invert``
+does) is removed only after that.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from tqdm.auto import tqdm
 
+from dfq._progress import progress_bar, show_progress
 from dfq.calibrators import calibrator_names
 from dfq.config import TARGETS, BiasCorrection, QuantConfig, preset
 from dfq.data import CalibrationSet
@@ -43,7 +44,7 @@ from dfq.preview import model_patch_size, save_preview
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct
 from dfq.quant.variants import calibrated_copy
 
-__all__ = ["CalibrateRequest", "run_calibrate", "reconstruct_checkpoint", "quant_config_from_options", "calibration_forward_loop", "TARGETS"]
+__all__ = ["CalibrateRequest", "run_calibrate", "inversion_checkpoint", "reconstruct_checkpoint", "quant_config_from_options", "calibration_forward_loop", "TARGETS"]
 
 
 
@@ -67,6 +68,9 @@ class CalibrateRequest:
         device: ``cpu`` | ``cuda`` (None: cuda when available).
         data_overrides: preprocessing overrides (``mean``, ``std``, ``crop_pct``, ...).
         overwrite: replace an existing run directory (only one dfq wrote).
+        resume: continue an interrupted inversion from its checkpoint, ``OUT.ckpt`` beside the run
+            (``--set checkpoint_path=...`` elsewhere), as ``dfq invert --resume`` does; without it an
+            existing checkpoint is an error. Removed once the run directory is complete.
         progress: progress bars.
         reconstruct: block reconstruction after calibration (:func:`dfq.quant.reconstruct.reconstruct`)
             on the calibration images (all tokens), resumable from ``OUT.reconstruct.ckpt`` (removed
@@ -96,6 +100,7 @@ class CalibrateRequest:
     device: str | None = None
     data_overrides: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
+    resume: bool = False
     progress: bool = True
     reconstruct: ReconstructConfig | None = None
     holdout: int | None = None
@@ -132,6 +137,8 @@ class CalibrateRequest:
                 )
         if self.num_images < 1:
             raise DfqError("--num-images must be at least 1")
+        if self.resume and self.source.kind is not SourceKind.INVERSION:
+            raise DfqError("--resume continues an interrupted inversion; it needs --inversion METHOD")
         if self.batch_size < 1:
             raise DfqError("--batch-size must be at least 1")
         check_eval_options(self.eval_folder, self.eval_images)
@@ -200,7 +207,7 @@ def calibration_forward_loop(
         from dfq.vit import forward_tokens
 
         batches = list(calib.batches(batch_size))
-        for images, keep in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+        for images, keep in progress_bar(batches, progress=progress, desc="calibrate", leave=False):
             images = images.to(device)
             if keep is None or dense:
                 model(images)
@@ -230,11 +237,18 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
     Raises:
         DfqError: bad input (missing folders, unknown model, existing run directory, ...).
     """
+    from dfq.runs import claim_output
+
+    device = check_device(request.device)
+    with claim_output(request.out, request.overwrite):  # before a set is read or made, not after
+        return _calibrate(request, model, device)
+
+
+def _calibrate(request: CalibrateRequest, model: nn.Module | None, device: str) -> dict[str, Any]:
     from dfq.evaluation import batched_logits
     from dfq.runs import (
         CALIBRATION_DIR,
         RECIPE,
-        check_output,
         run_directory,
         save_quant_state,
         versions,
@@ -242,12 +256,11 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         write_report,
     )
 
-    device = check_device(request.device)
-    check_output(request.out, request.overwrite)  # before a set is read or made, not after
     timings: dict[str, float] = {}
     made = request.source.kind is not SourceKind.SET  # an inversion or a folder draws the held-out images too
     extra = request.holdout_images if made else 0
-    plan = plan_source(request.source, num_images=request.num_images + extra, seed=request.seed)
+    plan = plan_source(request.source, num_images=request.num_images + extra, seed=request.seed,
+                       checkpoint_path=inversion_checkpoint(request.out), resume=request.resume)  # fmt: skip
     held_saved = CalibrationSet.load(request.holdout_set) if request.holdout_set is not None else None
     with run_directory(request.out, overwrite=request.overwrite) as run:
         with _timer(timings, "load_model"):
@@ -298,7 +311,7 @@ def run_calibrate(request: CalibrateRequest, model: nn.Module | None = None) -> 
         if request.reconstruct is not None:
             with _timer(timings, "reconstruct"):
                 units = reconstruct(qmodel, calib.images.to(device), request.reconstruct,
-                                    checkpoint=reconstruct_checkpoint(request.out), progress=request.progress)  # fmt: skip
+                                    checkpoint=reconstruct_checkpoint(request.out), progress=show_progress(request.progress))  # fmt: skip
         recipe = {
             "model": job_model.identity,
             "quant": config.to_dict(),
@@ -350,6 +363,11 @@ def _describe(source: CalibrationSource) -> str:
     if source.kind is SourceKind.INVERSION:
         return str(source.method)
     return f"{source.kind.value} {source.path}"
+
+
+def inversion_checkpoint(out: str | Path) -> str:
+    """Where the inversion of run ``out`` keeps its resumable state: ``OUT.ckpt`` beside it, as ``dfq invert``."""
+    return f"{str(out).rstrip('/')}.ckpt"
 
 
 def reconstruct_checkpoint(out: str | Path) -> Path:

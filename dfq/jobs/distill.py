@@ -162,12 +162,18 @@ def run_distill(request: DistillRequest) -> dict[str, Any]:
         DfqError: bad input (conflicting options, an existing output or checkpoint, a teacher that is
             not the run's model, a NaN loss, ...).
     """
-    from dfq import distill as D
-    from dfq.runs import check_output, read_recipe
+    from dfq.runs import claim_output
 
     t_start = time.perf_counter()
     device = check_device(request.device)
-    check_output(request.out, request.overwrite)
+    with claim_output(request.out, request.overwrite):
+        return _distill(request, device, t_start)
+
+
+def _distill(request: DistillRequest, device: str, t_start: float) -> dict[str, Any]:
+    from dfq import distill as D
+    from dfq.runs import read_recipe
+
     ckpt = request.checkpoint
     if ckpt.exists() and not request.resume:
         raise DfqError(f"{ckpt} holds an interrupted run: continue it with `dfq distill ... --resume`, or delete it")

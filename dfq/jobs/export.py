@@ -15,7 +15,7 @@ from torch import nn
 
 from dfq.errors import DfqError
 
-__all__ = ["EXPORT_FORMATS", "QDQ_ONNX", "PLAN", "export_run"]
+__all__ = ["EXPORT_FORMATS", "QDQ_ONNX", "PLAN", "export_run", "check_format", "check_export_available"]
 
 QDQ_ONNX = "model.qdq.onnx"
 """The exported Q/DQ graph inside a run directory."""
@@ -43,7 +43,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", model: nn.Module | None =
 
     Raises:
         DfqError: ``trt`` for numerics TensorRT cannot run, an unknown format or option, an opset
-            outside the supported range (:func:`dfq.export.onnx.check_opset`).
+            outside the supported range (:func:`dfq.export.onnx.check_opset`), a format whose
+            packages are not installed (:func:`check_export_available`), all before the run is loaded.
     """
     from dfq.config import QuantConfig
     from dfq.export.onnx import check_opset, export_onnx
@@ -60,6 +61,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", model: nn.Module | None =
     run = Path(run_dir)
     recipe = read_recipe(run)
     check_format(QuantConfig.from_dict(recipe["quant"]), fmt)
+    check_export_available(fmt)
     if fmt == "trt":  # strong typing runs an FP32 remainder in FP32: TensorRT wants it in FP16
         opts.setdefault("fp16_remainder", True)
     qmodel = load(run, model=model)
@@ -85,3 +87,26 @@ def check_format(config: Any, fmt: str) -> None:
             f"'{config.name or config.numerics}' uses {config.numerics} numerics (asymmetric/UINT8 activations) "
             "that TensorRT cannot run; export --format onnx for ONNX Runtime, or calibrate with trt numerics"
         )
+
+
+
+def check_export_available(fmt: str) -> None:
+    """Refuse an export whose runtime is not installed, before any work (``dfq calibrate --export trt``
+    used to calibrate fully and only then find TensorRT missing). Looked up with
+    ``importlib.util.find_spec``: nothing is imported, so it is quick and never initializes a GPU.
+
+    Raises:
+        DfqError: ``trt`` without the ``tensorrt`` module (:data:`dfq.export.runtime.TRT_MISSING`).
+    """
+    import importlib.util
+
+    if fmt != "trt":
+        return  # onnx is a dependency of dfq itself
+    try:
+        found = importlib.util.find_spec("tensorrt") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        found = False
+    if not found:
+        from dfq.export.runtime import TRT_MISSING
+
+        raise DfqError(TRT_MISSING)

@@ -67,11 +67,17 @@ def run_invert(request: InvertRequest, model: nn.Module | None = None) -> Calibr
     Raises:
         DfqError: bad input (unknown method or setting, existing output, checkpoint conflicts, ...).
     """
-    from dfq.preview import model_patch_size, save_preview
-    from dfq.runs import check_output, run_directory
+    from dfq.runs import claim_output
 
     device = check_device(request.device)
-    check_output(request.out, request.overwrite)  # before hours of inversion, not after
+    with claim_output(request.out, request.overwrite):  # before hours of inversion, not after
+        return _invert(request, model, device)
+
+
+def _invert(request: InvertRequest, model: nn.Module | None, device: str) -> CalibrationSet:
+    from dfq.preview import model_patch_size, save_preview
+    from dfq.runs import run_directory
+
     source = CalibrationSource.inversion(request.method, *request.settings, **request.options)
     plan = plan_source(source, num_images=request.num_images, seed=request.seed, resume=request.resume,
                        checkpoint_path=f"{request.out.rstrip('/')}.ckpt")  # fmt: skip

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dfq import atomic
+from dfq._progress import show_progress
 from dfq.config import QuantConfig
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
@@ -130,7 +131,7 @@ def plan_mixed_precision(
         per distinct plan tried (``by``, ``per_bit``, ``promoted`` layer count, ``average_bits``,
         ``held_kl``, ``chosen``).
     """
-    baseline, rows = sensitivity(quant, held.images, fp_logits, ("weight",), batch_size, progress)
+    baseline, rows = sensitivity(quant, held.images, fp_logits, ("weight",), batch_size, show_progress(progress))
     numels = {r.name: r.numel for r in rows}
     tried: list[tuple[dict[str, int], nn.Module, dict[str, Any]]] = []
     for by, per_bit in ORDERINGS:

@@ -27,6 +27,7 @@ from dfq.errors import DfqError
 from dfq.inversion.overrides import parse_overrides
 from dfq.inversion.registry import check_family, get_inverter
 from dfq.jobs.model import JobModel, check_set_matches
+from dfq.memory import check_images_fit
 from dfq.models import model_family
 
 __all__ = ["SourceKind", "CalibrationSource", "SourcePlan", "Resolved", "plan_source", "resolve_source"]
@@ -199,7 +200,9 @@ def resolve_source(plan: SourcePlan, job_model: JobModel, *, device: str, progre
     it once the set is written (:meth:`Resolved.done`).
 
     Raises:
-        DfqError: a set made for another model, a method for another model family, a non-finite loss.
+        DfqError: a set made for another model, a method for another model family, a set larger than
+            the host memory (:func:`dfq.memory.check_images_fit`, before the method starts), a
+            non-finite loss.
     """
     from dfq.runs import versions
 
@@ -209,9 +212,14 @@ def resolve_source(plan: SourcePlan, job_model: JobModel, *, device: str, progre
         return Resolved(plan.saved, None)
     entry = get_inverter(str(source.method))
     check_family(entry, job_model.module, model_family(job_model.module))
+    check_images_fit(plan.config.num_images, job_model.data_cfg["input_size"],
+                     batch_size=int(getattr(plan.config, "batch_size", 0) or 0))  # fmt: skip
     t0 = time.perf_counter()
     calib = entry.fn(job_model.module, plan.config, data_cfg=job_model.data_cfg, device=device, progress=progress)
     resolved = dict(calib.provenance.get("config") or dataclasses.asdict(plan.config))
+    asked = plan.config.num_images
+    if len(calib) != asked:  # a folder with fewer images than asked: the manifest says what was used
+        resolved["num_images"] = len(calib)
     provenance = {
         **calib.provenance,
         **source.describe(),
@@ -223,6 +231,8 @@ def resolve_source(plan: SourcePlan, job_model: JobModel, *, device: str, progre
         "device": device,
         "wall_seconds": round(time.perf_counter() - t0, 2),
     }
+    if len(calib) != asked:
+        provenance["num_images_requested"] = asked
     provenance.setdefault("seconds", provenance["wall_seconds"])
     return Resolved(dataclasses.replace(calib, provenance=provenance), plan.checkpoint)
 
@@ -245,7 +255,7 @@ def _checkpoint_file(
     if not str(path).strip() or Path(path).is_dir():
         raise DfqError(f"checkpoint_path {path!r} must name a file (or be none)")
     if Path(path).exists() and not resume:
-        raise DfqError(f"{path} holds an interrupted run: continue it with `dfq invert ... --resume`, or delete it")
+        raise DfqError(f"{path} holds an interrupted run: continue it by running the same command with --resume, or delete it")
     return Path(path)
 
 
