@@ -137,6 +137,40 @@ class GrowingHistogram:
         new_edges = np.linspace(new_lo, new_hi, self.num_bins + 1)
         return torch.from_numpy(np.diff(np.interp(new_edges, old_edges, cdf)))
 
+    def state(self) -> tuple[float, float, int, Tensor | None]:
+        """``(lo, hi, total, counts)``: everything :meth:`merge` needs from another histogram."""
+        return self.lo, self.hi, self.total, self.counts
+
+    def merge(self, states: list[tuple[float, float, int, Tensor | None]]) -> None:
+        """Replace this histogram by the sum of the histograms whose :meth:`state` is given.
+
+        Each is spread over the union of their ranges (re-binned as when :meth:`add` widens the range;
+        one with the union's own range is added bin for bin) and the counts are summed in the order given,
+        so every process that merges the same states gets the same histogram.
+        """
+        parts = [s for s in states if s[2] > 0]
+        self.reset()
+        if not parts:
+            return
+        lo, hi = min(p[0] for p in parts), max(p[1] for p in parts)
+        self.total = sum(int(p[2]) for p in parts)
+        self.lo, self.hi = lo, hi
+        if lo == hi:  # every part a point mass at the same value
+            return
+        counts = torch.zeros(self.num_bins, dtype=torch.float64)
+        new_edges = np.linspace(lo, hi, self.num_bins + 1)
+        for p_lo, p_hi, p_total, p_counts in parts:
+            if p_counts is None:  # a point mass: its bin in the union
+                pos = (p_lo - lo) / (hi - lo) * self.num_bins
+                counts[min(int(pos), self.num_bins - 1)] += p_total
+            elif (p_lo, p_hi) == (lo, hi):
+                counts += p_counts.double()
+            else:
+                old_edges = np.linspace(p_lo, p_hi, self.num_bins + 1)
+                cdf = np.concatenate([[0.0], np.cumsum(p_counts.double().numpy())])
+                counts += torch.from_numpy(np.diff(np.interp(new_edges, old_edges, cdf)))
+        self.counts = counts
+
     def quantile(self, q: float) -> float:
         """The value below which a fraction ``q`` of the counts lies (linear inside a bin).
 

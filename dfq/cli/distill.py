@@ -8,6 +8,7 @@ import click
 
 from dfq.cli._common import _pct
 from dfq.distill.config import RANGE_MODES
+from dfq.distributed import reports
 from dfq.inversion.registry import inverter_names
 
 
@@ -145,6 +146,8 @@ def distill(
         eval_images=eval_images, pretrained=not no_pretrained, device=device, resume=resume, overwrite=force,
         progress=not as_json,
     ))  # fmt: skip
+    if not reports():  # under torchrun rank 0 speaks for the job
+        return
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

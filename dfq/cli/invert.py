@@ -7,6 +7,7 @@ import json
 import click
 
 from dfq.cli._common import _model_options
+from dfq.distributed import reports
 from dfq.inversion.registry import inverter_names
 
 
@@ -49,6 +50,8 @@ def invert(
         num_images=num_images, seed=seed, settings=settings, device=device, resume=resume, overwrite=force,
         progress=not as_json,
     ))  # fmt: skip
+    if not reports():  # under torchrun rank 0 speaks for the job
+        return
     if as_json:
         click.echo(json.dumps(calib.provenance, indent=2))
     else:

@@ -13,6 +13,11 @@ optimizer, EMA, pool, synthesizer, random streams, curve, best) goes to a
 :class:`~dfq.checkpointing.StateFile`, so a killed run resumes losing at most one interval, and
 resumes on the CPU to bit-identical weights. The loss is read back to the host only every
 ``log_every`` steps, where a NaN or infinite loss stops the run with one clear error.
+
+Under ``torchrun`` (a :func:`dfq.distributed.session`) the student trains in DistributedDataParallel
+(:mod:`dfq.distill.parallel`): each rank draws its own batches with its own seed, the logged loss is the
+mean over ranks, and rank 0 alone evaluates and writes the checkpoint, which holds every rank's random
+streams; on resume rank 0 reads it and sends it to the others (no shared file system needed).
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfq import distributed
 from dfq._progress import progress_bar
 from dfq.checkpointing import StateFile, config_key, to_cpu
 from dfq.checkpoints import nonfinite_names, weights_sha256
 from dfq.distill.augment import flip_sparse, mix, resized_crop_flip
 from dfq.distill.config import DistillConfig
 from dfq.distill.inputs import EvalData
+from dfq.distill.parallel import data_parallel
 from dfq.distill.pool import Batch, Pool
 from dfq.distill.step import EMA, Models, build_optimizer, set_lr, train_step
 from dfq.distill.synth import Synthesizer
@@ -108,6 +115,13 @@ def _draw(pool: Pool, models: Models, config: DistillConfig, g: torch.Generator,
     return Batch(images, batch.labels, None), mixed
 
 
+def _mean_over_ranks(loss: torch.Tensor, world: int) -> torch.Tensor:
+    """The mean of every rank's ``loss`` (each rank's own in one process), so all ranks stop together on NaN."""
+    if world == 1:
+        return loss
+    return distributed.all_reduce_sum(loss.detach().float().cpu().clone()) / world
+
+
 def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -150,7 +164,8 @@ def run_loop(
     student = models.student
     optimizer = build_optimizer(student, config)
     ema = EMA(student, config.ema) if config.ema > 0 else None
-    g = torch.Generator().manual_seed(config.seed)
+    world, main = distributed.world_size(), distributed.is_main()
+    g = torch.Generator().manual_seed(distributed.rank_seed(config.seed))  # one process: config.seed
     file = None
     if checkpoint is not None:
         ident = {
@@ -161,18 +176,23 @@ def run_loop(
             "student_sha256": weights_sha256(student),
             **(identity or {}),
         }
+        if world > 1:
+            ident["world_size"] = world
         file = StateFile(Path(checkpoint), "distill", CHECKPOINT_VERSION, ident)
     step, curve, best = 0, [], None
     loss_sum, loss_count, seconds_before = 0.0, 0, 0.0
-    state = file.load() if file is not None else None
+    with distributed.agree():
+        state = file.load() if file is not None and main else None
+    state = distributed.broadcast_object(state) if world > 1 else state
     resumed_from = None
     if state is not None:
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-        g.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        streams = state["ranks"][distributed.rank()] if world > 1 else state
+        g.set_state(streams["generator"])
+        torch.set_rng_state(streams["torch_rng"])
         pool.load_state_dict(state["pool"])
         if synthesizer is not None:
             synthesizer.load_state_dict(state["synth"])
@@ -200,6 +220,10 @@ def run_loop(
                          if k in ("loss", "top1", "kl") and v is not None}, refresh=False)  # fmt: skip
 
     def save() -> None:
+        streams = {"generator": g.get_state(), "torch_rng": torch.get_rng_state()}
+        ranks = distributed.all_gather_object(streams) if world > 1 else None
+        if not main:
+            return
         bad = nonfinite_names(student.state_dict().items())
         if bad:
             raise DfqError(f"the student's weights became NaN or infinite at step {step} ({bad[0]}); lower the learning rate")
@@ -210,10 +234,13 @@ def run_loop(
             "synth": synthesizer.state_dict() if synthesizer is not None else None, "curve": curve,
             "best": best, "loss_sum": loss_sum, "loss_count": loss_count, "seconds": seconds(),
         }  # fmt: skip
+        if ranks is not None:
+            payload["ranks"] = ranks
         file.save(to_cpu(payload))
 
-    bar = progress_bar(total=config.steps, initial=step, progress=progress, desc=desc, dynamic_ncols=True)
+    bar = progress_bar(total=config.steps, initial=step, progress=progress and main, desc=desc, dynamic_ncols=True)
     pending: list[torch.Tensor] = []
+    train_models = data_parallel(models, str(device))
     try:
         if state is None and eval_data is not None:
             record(None)
@@ -225,7 +252,7 @@ def run_loop(
                 before_step()
             student.train(train_mode)
             batch, mixed = _draw(pool, models, config, g, device)
-            pending.append(train_step(models, batch, optimizer, config, mixed))
+            pending.append(train_step(train_models, batch, optimizer, config, mixed))
             if ema is not None:
                 ema.update(student)
             step += 1
@@ -233,7 +260,7 @@ def run_loop(
             at_eval = step % config.eval_every == 0 or step == config.steps
             at_save = file is not None and (step % config.save_every == 0 or step == config.steps)
             if step % config.log_every == 0 or at_eval or at_save:
-                mean = float(torch.stack(pending).float().mean())
+                mean = float(_mean_over_ranks(torch.stack(pending).float().mean(), world))
                 if not math.isfinite(mean):
                     kept = " (the last checkpoint is kept)" if file is not None else ""
                     raise DfqError(f"the distillation loss became {mean} near step {step}; lower the learning rate{kept}")
@@ -245,6 +272,9 @@ def run_loop(
                 loss_sum, loss_count = 0.0, 0
             if at_save:
                 save()
+            if world > 1 and (at_eval or at_save):
+                distributed.barrier()  # the others wait here, not inside DDP's next all-reduce, while rank 0 works
+            distributed.fault_point(f"distill-step-{step}")
     finally:
         bar.close()
         student.eval()

@@ -43,12 +43,15 @@ class Models:
         student_input: teacher-space images → student-space images (None: same space).
         grid: ``(grid_h, grid_w, patch)`` when only the kept tokens of sparse batches go through both
             models (two CLS ViTs on one patch grid); None: dense forwards.
+        student_forward: how a step runs the student, ``(images, keep) -> logits`` (None:
+            :func:`forward` of ``student``; under torchrun the DDP wrapper, :mod:`dfq.distill.parallel`).
     """
 
     teacher: nn.Module
     student: nn.Module
     student_input: Callable[[Tensor], Tensor] | None = None
     grid: tuple[int, int, int] | None = None
+    student_forward: Callable[[Tensor, Tensor | None], Tensor] | None = None
 
 
 def train_step(
@@ -70,7 +73,7 @@ def train_step(
     with torch.no_grad():
         t = forward(models.teacher, batch.images, keep)
     x = batch.images if models.student_input is None else models.student_input(batch.images)
-    s = forward(models.student, x, keep)
+    s = forward(models.student, x, keep) if models.student_forward is None else models.student_forward(x, keep)
     loss = kd_loss(s, t, config.temperature)
     if config.ce > 0:
         target = t.argmax(1)

@@ -7,17 +7,19 @@ own state (:meth:`dfq.inversion._loop.Task.state_dict`: the batch's variables an
 what lives across batches such as CMI's head, memory bank and random streams) and, mid-batch, the
 loop's live state (the method's per-batch dict, best-so-far tensors and loss). It is accepted only by a
 run of the same model weights, method, settings, seed, data config (input size, mean, std) and any
-extra entry the method adds (e.g. the target labels).
+extra entry the method adds (e.g. the target labels). Under ``torchrun`` each rank keeps its own file,
+``PATH.rankR`` (:func:`dfq.distributed.shard_path`), whose identity adds the rank and the world size;
+its positions count that rank's batches (:mod:`dfq.inversion._shards`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from dfq import distributed
 from dfq.checkpointing import StateFile, run_identity
 
 __all__ = ["KIND", "VERSION", "Done", "state_file", "resume_point", "write_checkpoint"]
@@ -40,8 +42,10 @@ def state_file(
     if getattr(config, "checkpoint_path", None) is None:
         return None
     data = {"input_size": tuple(data_cfg["input_size"]), "mean": tuple(data_cfg["mean"]), "std": tuple(data_cfg["std"])}
+    if distributed.world_size() > 1:  # each rank its own file, refused by a run of another world size
+        extra["shard"] = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     identity = run_identity(model, method, config, config.seed, data=data, **extra)
-    return StateFile(Path(config.checkpoint_path), KIND, VERSION, identity, _OLDER)
+    return StateFile(distributed.shard_path(config.checkpoint_path), KIND, VERSION, identity, _OLDER)
 
 
 @dataclass

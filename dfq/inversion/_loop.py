@@ -15,7 +15,9 @@ iterations. A method supplies those as a :class:`Task`; :func:`run_batches` owns
   :class:`dfq.checkpointing.StateFile`): every ``checkpoint_every`` iterations, at the end of each
   batch and on ``KeyboardInterrupt`` (then re-raised); an existing file is resumed, and the resumed
   run repeats the uninterrupted one exactly when the task saves all it draws from (its random
-  streams included).
+  streams included);
+* under ``torchrun`` (a :func:`dfq.distributed.session`), each rank runs its share of the batches
+  and every rank returns the whole result (:mod:`dfq.inversion._shards`).
 
 Also here, because every method uses them: :func:`frozen_eval` (parameters frozen, eval mode, the
 caller's state restored) and :func:`pixel_bounds` (the valid pixel range in normalized space).
@@ -197,6 +199,25 @@ class Task:
         """Restore :meth:`state_dict` (CPU tensors). The loop calls it after :meth:`start_batch`
         when resuming mid-batch, before it at a batch boundary."""
 
+    shares: bool = False
+    """Whether later batches depend on what earlier ones made (CMI's memory bank). Such a task implements
+    the four methods below; the loop calls :meth:`remember` after every batch (with several ranks, after
+    every round with every rank's contribution: :mod:`dfq.inversion._shards`)."""
+
+    def shared(self, best: tuple[Tensor, ...]) -> Any:
+        """What a finished batch adds to the state later batches see (from its best iterate)."""
+        return None
+
+    def remember(self, parts: Sequence[Any]) -> None:
+        """Add the :meth:`shared` parts of finished batches, in batch order."""
+
+    def shared_state(self, task_state: dict[str, Any]) -> Any:
+        """The part of a :meth:`state_dict` built by :meth:`remember` (equal on every rank)."""
+        return None
+
+    def load_shared_state(self, state: Any) -> None:
+        """Adopt :meth:`shared_state` of another rank (a resumed rank one exchange behind)."""
+
 
 @dataclass(frozen=True)
 class LoopSpec:
@@ -237,16 +258,21 @@ class BatchResult:
     seconds: float  # over every run that led here (a resumed run adds its predecessors' time)
     seconds_this_run: float
     resumed_from: tuple[int, int] | None
+    shards: dict[str, Any] | None = None  # several ranks: world size, each rank's batches, seconds, resume
 
     def record(self) -> dict[str, Any]:
-        """The run's facts for a set's provenance: times, losses per batch, where it resumed."""
-        return {
+        """The run's facts for a set's provenance: times, losses per batch, where it resumed (and with
+        several ranks, ``distributed``: the world size and each rank's batches, seconds and resume)."""
+        record = {
             "seconds": self.seconds,
             "seconds_this_run": self.seconds_this_run,
             "best_loss": self.best_losses,
             "final_loss": self.final_losses,
             "resumed_from": list(self.resumed_from) if self.resumed_from else None,
         }
+        if self.shards is not None:
+            record["distributed"] = self.shards
+        return record
 
 
 def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: bool) -> BatchResult:
@@ -264,30 +290,39 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
     Raises:
         DfqError: a non-finite loss, or a checkpoint from another run.
     """
+    from dfq import distributed
     from dfq._progress import progress_bar
+    from dfq.inversion._shards import Shards
 
     start_time = time.perf_counter()
     num_batches = math.ceil(spec.num_images / spec.batch_size)
+    shards = Shards(num_batches, task)
     ckpt = spec.checkpoint.load() if spec.checkpoint is not None else None
-    done, (start_batch, start_it), seconds_before = resume_point(ckpt)
-    resumed_from = None if ckpt is None else (start_batch, start_it)
+    done, (start_pos, start_it), seconds_before = resume_point(ckpt)  # positions count this rank's batches
+    resumed_from = None if ckpt is None else (start_pos, start_it)
     live = None if ckpt is None else ckpt["live"]
     if ckpt is not None and live is None:
         task.load_state_dict(ckpt["task"])
+    if shards.exchanging:  # several ranks sharing state: agree where to resume
+        shards.catch_up(task, start_pos, ckpt["task"] if ckpt is not None else task.state_dict(False))
 
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - start_time
 
-    def save(batch: int, iteration: int, in_batch: dict[str, Any] | None) -> None:
+    def save(pos: int, iteration: int, in_batch: dict[str, Any] | None) -> None:
         assert spec.checkpoint is not None
-        write_checkpoint(spec.checkpoint, batch, iteration, task=to_cpu(task.state_dict(in_batch is not None)),
+        write_checkpoint(spec.checkpoint, pos, iteration, task=to_cpu(task.state_dict(in_batch is not None)),
                          live=in_batch, done=done, seconds=elapsed())  # fmt: skip
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if spec.amp and device.type == "cuda" else nullcontext()
-    bar = progress_bar(total=num_batches * spec.iterations, initial=start_batch * spec.iterations + start_it,
+    bar = progress_bar(total=shards.mine * spec.iterations, initial=start_pos * spec.iterations + start_it,
                        progress=progress, desc=spec.method, dynamic_ncols=True)  # fmt: skip
     try:
-        for b in range(start_batch, num_batches):
+        for pos in range(start_pos, shards.rounds):
+            b = shards.batch(pos)
+            if b is None:  # no batch of this rank in the last round: it still takes part in the exchange
+                shards.share(task, pos, None)
+                continue
             size = min(spec.batch_size, spec.num_images - b * spec.batch_size)
             state = task.start_batch(b, size)
             best: tuple[Tensor, ...] = ()
@@ -298,7 +333,10 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                 task.load_state_dict(ckpt["task"])
                 state = to_device(live["state"], device)
                 best = tuple(t.to(device) for t in live["best"])
-                best_loss, it0, live = live["best_loss"].to(device), start_it, None
+                best_loss, it0 = live["best_loss"].to(device), start_it
+                if live.get("last_loss") is not None:
+                    last_loss = live["last_loss"].to(device)
+                live = None
             watch = NonFiniteWatch(device)
             next_it = it0  # the next iteration to run: the position a checkpoint records
             try:
@@ -329,21 +367,27 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
                         watch.check(spec.method, task.advice())
                         bar.set_postfix({"loss": f"{float(last_loss):.4g}", **task.postfix(state)}, refresh=False)
                     if spec.checkpoint is not None and (it + 1) % spec.checkpoint_every == 0 and not last:
-                        save(b, it + 1, _live(state, best, best_loss))
+                        save(pos, it + 1, _live(state, best, best_loss))
             except KeyboardInterrupt:
                 if spec.checkpoint is not None and best:  # (before the first step there is nothing new to save)
-                    save(b, next_it, _live(state, best, best_loss))
+                    save(pos, next_it, _live(state, best, best_loss))
                 raise
-            done.images.append(task.finish_batch(state, best).detach().float().cpu())
+            if spec.checkpoint is not None and shards.exchanging:  # the finished batch outlives a failed exchange
+                save(pos, spec.iterations, _live(state, best, best_loss, last_loss))
+            images = task.finish_batch(state, best).detach().float().cpu()
+            shards.share(task, pos, best)
+            distributed.fault_point(f"inversion-shared-{b}")  # (test hook: between an exchange and its checkpoint)
+            done.images.append(images)
             done.states.append(to_cpu(state))
             done.best_losses.append(float(best_loss))
             done.final_losses.append(float(last_loss))
             if spec.checkpoint is not None:
-                save(b + 1, 0, None)
+                save(pos + 1, 0, None)
+            distributed.fault_point(f"inversion-batch-{b}")
     finally:
         bar.close()
-    return BatchResult(
-        images=torch.cat(done.images),
+    result = BatchResult(
+        images=torch.cat(done.images) if done.images else torch.empty(0),
         states=done.states,
         best_losses=done.best_losses,
         final_losses=done.final_losses,
@@ -351,8 +395,12 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
         seconds_this_run=time.perf_counter() - start_time,
         resumed_from=resumed_from,
     )
+    return shards.merge(result, done, resumed_from)
 
 
-def _live(state: dict[str, Any], best: tuple[Tensor, ...], best_loss: Tensor) -> dict[str, Any]:
-    """The loop's part of a mid-batch checkpoint."""
-    return {"state": to_cpu(state), "best": [t.detach().cpu() for t in best], "best_loss": best_loss.cpu()}
+def _live(state: dict[str, Any], best: tuple[Tensor, ...], best_loss: Tensor, last_loss: Tensor | None = None) -> dict[str, Any]:
+    """The loop's part of a mid-batch checkpoint (``last_loss``: at the end of a batch, its final loss)."""
+    live = {"state": to_cpu(state), "best": [t.detach().cpu() for t in best], "best_loss": best_loss.cpu()}
+    if last_loss is not None:
+        live["last_loss"] = last_loss.cpu()
+    return live

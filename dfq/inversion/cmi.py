@@ -15,6 +15,11 @@ decision-adversarial term, the MLP head, the contrastive loss and the memory ban
 * :func:`synthesize_cmi` (optionally with a student for the adversarial term) and the registered
   inverter ``cmi``.
 
+Under ``torchrun`` each rank synthesizes its share of the batches with its own random streams and its
+own copy of the head, and the ranks pool their features in one bank after every round
+(:mod:`dfq.inversion._shards`): negatives come from every rank, but a batch sees the bank of the
+earlier rounds only, so a run of N ranks is not the one-process run (it is reproducible for the same N).
+
 Differences from the reference, on purpose: the memory bank samples without replacement from its
 filled part and never returns zero negatives when it is exactly full; it lives on the synthesis device
 (no host→device copy per step); the best iterate is selected on the device (no ``.item()`` per step);
@@ -33,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dfq.data import CalibrationSet
+from dfq.distributed import rank_seed
 from dfq.errors import DfqError
 from dfq.inversion._checkpoint import state_file
 from dfq.inversion._loop import BatchResult, LoopSpec, Task, frozen_eval, run_batches
@@ -103,8 +109,9 @@ class CMISynthesizer(Task):
                 )
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.rng = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.cpu_rng = torch.Generator().manual_seed(config.seed)
+        seed = rank_seed(config.seed)  # under torchrun each rank draws its own stream (one process: config.seed)
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.cpu_rng = torch.Generator().manual_seed(seed)
         self.stats = BNStatistics(teacher)
         with torch.no_grad(), _frozen_eval(teacher), self.stats:
             logits = teacher(torch.zeros((2, *self.input_size), device=self.device))
@@ -170,11 +177,27 @@ class CMISynthesizer(Task):
         self._snapshot_rng()
 
     def finish_batch(self, state: dict[str, Any], best: tuple[Tensor, ...]) -> Tensor:
-        """Add the best iterate's features to the bank; return its images, normalized."""
+        """The best iterate's images, normalized (its features go to the bank: :meth:`remember`)."""
         self.stats.terms = [None] * len(self.stats.layers)  # drop the last forward's tensors
         self.stats.input_means = [None] * len(self.stats.layers)
-        self.bank.add(best[1])
         return self.normalize(best[0])
+
+    shares = True  # the memory bank: later batches draw negatives from earlier ones
+
+    def shared(self, best: tuple[Tensor, ...]) -> Tensor:
+        """The best iterate's local and global features, the batch's rows of the memory bank."""
+        return best[1]
+
+    def remember(self, parts: Sequence[Tensor]) -> None:
+        """Add finished batches' feature rows to the bank, in batch order (every rank's, under torchrun)."""
+        for rows in parts:
+            self.bank.add(rows)
+
+    def shared_state(self, task_state: dict[str, Any]) -> Any:
+        return task_state["bank"]
+
+    def load_shared_state(self, state: Any) -> None:
+        self.bank.load_state_dict(state)
 
     def advice(self) -> str:
         return "lower lr_g or the loss weights"

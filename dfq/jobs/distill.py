@@ -14,17 +14,24 @@ Run directory::
     best.pt          the state at the best evaluation, with its step and figures (selection on the eval data)
     curve.json/.png  one record per evaluation: step, lr, loss, images, seconds, top1, agreement, kl
     report.json/.md  final figures against the teacher (QAT: the same layout as dfq calibrate's)
+
+Under ``torchrun --nproc-per-node N -m dfq distill ...`` the student trains in DistributedDataParallel
+(:mod:`dfq.distill.parallel`; ``batch_size`` images per rank and step); an up-front inversion is shared
+out like ``dfq invert``'s. Rank 0 alone holds ``OUT.lock``, evaluates, checkpoints to ``OUT.ckpt`` (with
+every rank's random streams) and writes the run directory; the recipe records ``world_size``.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dfq import distributed
 from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.distill.config import DistillConfig
@@ -166,17 +173,27 @@ def run_distill(request: DistillRequest) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     device = check_device(request.device)
-    with claim_output(request.out, request.overwrite):
-        return _distill(request, device, t_start)
+    with distributed.session(device), ExitStack() as held:
+        with distributed.agree():  # rank 0 holds OUT; a refusal stops every rank
+            if distributed.is_main():
+                held.enter_context(claim_output(request.out, request.overwrite))
+        return _distill(request, distributed.device(device), t_start)
 
 
 def _distill(request: DistillRequest, device: str, t_start: float) -> dict[str, Any]:
+    with distributed.agree():
+        ckpt = request.checkpoint
+        if distributed.is_main() and ckpt.exists() and not request.resume:
+            raise DfqError(f"{ckpt} holds an interrupted run: continue it with `dfq distill ... --resume`, or delete it")
+        prepared = _prepare(request, device)
+    return _train(request, device, t_start, *prepared)
+
+
+def _prepare(request: DistillRequest, device: str) -> tuple[Any, ...]:
+    """The source plan, teacher, student (its data config and identity) and recipe, on every rank."""
     from dfq import distill as D
     from dfq.runs import read_recipe
 
-    ckpt = request.checkpoint
-    if ckpt.exists() and not request.resume:
-        raise DfqError(f"{ckpt} holds an interrupted run: continue it with `dfq distill ... --resume`, or delete it")
     recipe = read_recipe(request.qat) if request.qat is not None else None
     source = (CalibrationSource.saved_set(request.calib_set) if request.calib_set is not None
               else CalibrationSource.inversion(str(request.inversion), *request.settings))  # fmt: skip
@@ -201,6 +218,17 @@ def _distill(request: DistillRequest, device: str, t_start: float) -> dict[str, 
                 raise DfqError("--linear-probe needs a teacher with a num_classes attribute (timm models have one)")
             D.linear_probe(student, num_classes, seed=request.config.seed)
             student_identity["linear_probe"] = {"num_classes": num_classes}
+    return source, plan, recipe, teacher, student, student_cfg, student_identity
+
+
+def _train(request: DistillRequest, device: str, t_start: float, source: CalibrationSource, plan: Any,
+           recipe: dict[str, Any] | None, teacher: JobModel, student: torch.nn.Module, student_cfg: dict[str, Any],
+           student_identity: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Resolve the training images, train, and (rank 0) write the run directory."""
+    from dfq import distill as D
+
+    main = distributed.is_main()
+    progress = request.progress and main
     calib: CalibrationSet | None = None
     resolved = None
     synthesizer = None
@@ -208,15 +236,16 @@ def _distill(request: DistillRequest, device: str, t_start: float) -> dict[str, 
         synthesizer = D.make_synthesizer(str(request.inversion), teacher.module, student, plan.config, teacher.data_cfg,
                                          request.config.synth_batch, device)  # fmt: skip
     else:
-        resolved = resolve_source(plan, teacher, device=device, progress=request.progress)
+        resolved = resolve_source(plan, teacher, device=device, progress=progress)
         calib = resolved.calib
     eval_data = None
-    if request.eval_folder is not None:
-        eval_data = eval_data_from_folder(request.eval_folder, teacher, student_cfg, request.eval_images)
+    with distributed.agree():  # rank 0 alone evaluates
+        if request.eval_folder is not None and main:
+            eval_data = eval_data_from_folder(request.eval_folder, teacher, student_cfg, request.eval_images)
     result = D.distill(
         teacher.module, student, request.config, calib=calib, synthesizer=synthesizer, eval_data=eval_data,
         teacher_space=D.InputSpace.of(teacher.data_cfg), student_space=D.InputSpace.of(student_cfg),
-        qat=recipe is not None, checkpoint=ckpt, device=device, progress=request.progress,
+        qat=recipe is not None, checkpoint=request.checkpoint, device=device, progress=progress,
     )  # fmt: skip
     record = {
         "loop": result.extra["loop"],
@@ -232,13 +261,20 @@ def _distill(request: DistillRequest, device: str, t_start: float) -> dict[str, 
         "seconds": result.seconds,
         "teacher": teacher.identity,
     }
+    if distributed.world_size() > 1:  # each step trained on world_size × batch_size images
+        record["world_size"] = distributed.world_size()
     if calib is not None:
         record["source_provenance"] = {k: calib.provenance.get(k) for k in ("method", "seed", "seconds", "wall_seconds")
                                        if k in calib.provenance}  # fmt: skip
-    report = _write(request, recipe, result, record, teacher, student_identity, student_cfg, eval_data)
+    report: dict[str, Any] = {}
+    with distributed.agree():  # the ranks keep their checkpoints unless rank 0 wrote the run
+        if main:
+            report = _write(request, recipe, result, record, teacher, student_identity, student_cfg, eval_data)
+    report = distributed.broadcast_object(report) if distributed.world_size() > 1 else report
     if resolved is not None:
         resolved.done()
-    request.checkpoint.unlink(missing_ok=True)
+    if main:
+        request.checkpoint.unlink(missing_ok=True)
     report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     return report
 

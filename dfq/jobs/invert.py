@@ -5,15 +5,21 @@ The output directory holds the set (lossless float tensors, labels, kept-token i
 ``preview.png``. It appears only when complete. Methods that checkpoint write ``OUT.ckpt`` beside
 the output (``--set checkpoint_path=...`` elsewhere); ``resume`` continues it, and it is removed
 once the set is written.
+
+Under ``torchrun --nproc-per-node N -m dfq invert ...`` the N processes share the batches
+(:mod:`dfq.inversion._shards`); rank 0 alone holds ``OUT.lock`` and writes the merged set, whose
+provenance records the world size and each rank's batches; each rank checkpoints to ``OUT.ckpt.rankR``.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from dfq import distributed
 from dfq.data import CalibrationSet
 from dfq.devices import check_device
 from dfq.jobs.model import load_job_model
@@ -70,24 +76,31 @@ def run_invert(request: InvertRequest, model: nn.Module | None = None) -> Calibr
     from dfq.runs import claim_output
 
     device = check_device(request.device)
-    with claim_output(request.out, request.overwrite):  # before hours of inversion, not after
-        return _invert(request, model, device)
+    with distributed.session(device), ExitStack() as held:
+        with distributed.agree():  # rank 0 holds OUT; a refusal stops every rank
+            if distributed.is_main():
+                held.enter_context(claim_output(request.out, request.overwrite))  # before hours of inversion
+        return _invert(request, model, distributed.device(device))
 
 
 def _invert(request: InvertRequest, model: nn.Module | None, device: str) -> CalibrationSet:
     from dfq.preview import model_patch_size, save_preview
     from dfq.runs import run_directory
 
-    source = CalibrationSource.inversion(request.method, *request.settings, **request.options)
-    plan = plan_source(source, num_images=request.num_images, seed=request.seed, resume=request.resume,
-                       checkpoint_path=f"{request.out.rstrip('/')}.ckpt")  # fmt: skip
-    job_model = load_job_model(
-        request.model, request.checkpoint, request.pretrained, device, model, request.data_overrides
-    )
-    calib, ckpt = resolved = resolve_source(plan, job_model, device=device, progress=request.progress)
+    with distributed.agree():
+        source = CalibrationSource.inversion(request.method, *request.settings, **request.options)
+        plan = plan_source(source, num_images=request.num_images, seed=request.seed, resume=request.resume,
+                           checkpoint_path=f"{request.out.rstrip('/')}.ckpt")  # fmt: skip
+        job_model = load_job_model(
+            request.model, request.checkpoint, request.pretrained, device, model, request.data_overrides
+        )
+    progress = request.progress and distributed.is_main()
+    calib, ckpt = resolved = resolve_source(plan, job_model, device=device, progress=progress)
     cfg = job_model.data_cfg
-    with run_directory(request.out, overwrite=request.overwrite) as tmp:
-        calib.save(tmp)
-        save_preview(calib, tmp / "preview.png", cfg["mean"], cfg["std"], patch=model_patch_size(job_model.module))
+    with distributed.agree():  # the ranks keep their checkpoints unless rank 0 wrote the set
+        if distributed.is_main():
+            with run_directory(request.out, overwrite=request.overwrite) as tmp:
+                calib.save(tmp)
+                save_preview(calib, tmp / "preview.png", cfg["mean"], cfg["std"], patch=model_patch_size(job_model.module))
     resolved.done()  # the set is on disk: this run's checkpoint has served
     return calib

@@ -12,6 +12,7 @@ follow one rule: an existing checkpoint file is continued only when the caller a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from dfq import distributed
 from dfq.checkpointing import VOLATILE_FIELDS
 from dfq.data import CalibrationSet
 from dfq.errors import DfqError
@@ -131,7 +133,7 @@ class Resolved(NamedTuple):
     checkpoint: Path | None
 
     def done(self) -> None:
-        """The set is written: remove this run's checkpoint."""
+        """The set is written: remove this run's checkpoint (each rank its own, under torchrun)."""
         if self.checkpoint is not None:
             self.checkpoint.unlink(missing_ok=True)
 
@@ -254,9 +256,25 @@ def _checkpoint_file(
         return None
     if not str(path).strip() or Path(path).is_dir():
         raise DfqError(f"checkpoint_path {path!r} must name a file (or be none)")
-    if Path(path).exists() and not resume:
-        raise DfqError(f"{path} holds an interrupted run: continue it by running the same command with --resume, or delete it")
-    return Path(path)
+    mine = distributed.shard_path(path)  # under torchrun: this rank's PATH.rankR
+    if mine.exists() and not resume:
+        raise DfqError(f"{mine} holds an interrupted run: continue it by running the same command with --resume, or delete it")
+    _check_launch_matches(Path(path), mine)
+    return mine
+
+
+def _check_launch_matches(path: Path, mine: Path) -> None:
+    """Refuse to start beside the checkpoint of a run launched otherwise (one process vs torchrun)."""
+    if distributed.world_size() > 1:
+        if path.exists():
+            raise DfqError(f"{path} holds an interrupted one-process run: resume it without torchrun, or delete it")
+        return
+    ranks = sorted(path.parent.glob(f"{glob.escape(path.name)}.rank*"))
+    if ranks and not mine.exists():
+        raise DfqError(
+            f"{ranks[0]} holds an interrupted run of {len(ranks)} torchrun processes: resume it with torchrun "
+            f"--nproc-per-node {len(ranks)} and --resume, or delete the {path.name}.rank* files"
+        )
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,6 +4,8 @@ The model-level operation takes a ``forward_loop`` (any callable that runs the m
 calibration data), so it does not care where the data comes from: real images, model inversion or
 noise. The mode switch is a context manager that restores every quantizer's previous mode when
 the loop raises, and finalizes the ranges only when it succeeds (Brevitas' ``calibration_mode``).
+Under ``torchrun`` each rank's loop sees its share of the data and the statistics are merged across
+ranks before the ranges are computed (:mod:`dfq.quant.merge`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from dfq.checkpoints import nonfinite_names
 from dfq.errors import DfqError
+from dfq.quant.merge import merge_across_ranks
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer, Role
 
@@ -81,6 +84,7 @@ def calibration_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for q, mode in zip(weights, saved_weights, strict=True):
             q.mode = mode
+    merge_across_ranks(acts, corrected)  # under torchrun: every rank's statistics (one process: nothing)
     for layer in corrected:  # weight quantizers are back on: the weight error is measurable
         layer.finish_bias_correction()
     names = {id(m): n for n, m in model.named_modules()}
