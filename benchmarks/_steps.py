@@ -11,6 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path("runs/bench")
+REPORTS = REPO / "benchmarks" / "reports"
+"""Where each step's report.json and provenance.json are kept, in git: the tables render from them on any checkout."""
 SETS = "runs/sets"
 DEIT_SMI = f"{SETS}/smi500-dt-s1"
 DEIT_DI = f"{SETS}/di200-dt"
@@ -127,7 +129,15 @@ STEPS: tuple[Step, ...] = (
         ("rec-dt-di256-views3-fc2mse", DEIT_DI256, "256", ("--views", "3", "--site-calibrator", "fc2_in=mse")),
         ("rec-dt-di128-views7-fc2mse", DEIT_DI128, "128", ("--views", "7", "--site-calibrator", "fc2_in=mse")),
         ("rec-dt-di128-views15-fc2mse", DEIT_DI128, "128", ("--views", "15", "--site-calibrator", "fc2_in=mse")),
-        ("rec-dt-128-views3", DEIT_SMI, "128", ("--views", "3")))),
+        ("rec-dt-128-views3", DEIT_SMI, "128", ("--views", "3")),
+        # the same 128 DeepInversion images with each unit's error weighted by its output's Fisher diagonal
+        *((f"rec-dt-di128-views{v}-fc2mse-fisher{f.replace('.', '')}", DEIT_DI128, "128",
+           ("--views", v, "--site-calibrator", "fc2_in=mse", "--fisher", f)) for v, f in (("7", "0.5"), ("7", "1"))))),
+    # ... and fitted with twice the steps, or twice the batch
+    *(Step(f"rec-dt-di128-views7-fc2mse-{tag}", "reconstruct.py",
+           ("--model", "deit_tiny", "--set-dir", DEIT_DI128, "--calib-images", "128", "--iters", iters, "--batch-size",
+            batch, "--views", "7", "--site-calibrator", "fc2_in=mse", "--out", "{out}"))
+      for tag, iters, batch in (("iters600", "600", "16"), ("batch32", "300", "32"))),
     # data-free QAT started from the reconstructed model (issue 12)
     Step("qat-mb-cmi", "distill_qat.py", ("--model", "mobilenet_v1_025", "--set-dir", MB_CMI, "--calib-images", "32",
                                           "--reconstruct-iters", "500", "--steps", "400", "--batch-size", "32",

@@ -3,9 +3,11 @@
 A *step* is one benchmark script with fixed arguments (:data:`STEPS`); it writes ``runs/bench/NAME/
 report.json`` (a ``dfq`` CLI step prints it: ``--json``), and this driver adds ``runs/bench/NAME/
 provenance.json`` (the command, start and end time, machine, library versions, load average at the
-start). A step whose report exists is skipped, so an interrupted ``make bench`` continues where it
-stopped (``--redo NAME`` reruns one; the inversions the steps need are cached under ``runs/sets/`` and
-resume from their checkpoints).
+start). Both are kept in ``benchmarks/reports/NAME/`` (:data:`REPORTS`, committed with BENCHMARKS.md),
+so a fresh checkout renders every table without rerunning hours of steps. A step whose kept report
+exists is skipped, so an interrupted ``make bench`` continues where it stopped (``--redo NAME`` reruns
+one); a set step runs only when its set is missing and a step that still has to run reads it
+(:func:`pending`; the inversions are cached under ``runs/sets/`` and resume from their checkpoints).
 
 A *table* of BENCHMARKS.md is the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``;
 :mod:`_tables` renders it from its steps' reports, with the command, date, machine and versions under
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _steps import ASSETS, BENCH_DIR, REPO, STEPS, Step  # noqa: F401  (Step, ASSETS: used by callers and tests)
+from _steps import ASSETS, BENCH_DIR, REPO, REPORTS, STEPS, Step  # noqa: F401  (Step, ASSETS: used by callers and tests)
 
 from dfq.loadcheck import MAX_LOAD, wait_below
 
@@ -64,16 +67,54 @@ def write_provenance(out: Path, command: str, started: str, seconds: float, load
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
 
 
+def keep(name: str) -> None:
+    """Copy step ``name``'s report and provenance from ``runs/bench`` into :data:`REPORTS`."""
+    dest = REPORTS / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("report.json", "provenance.json"):
+        shutil.copyfile(BENCH_DIR / name / f, dest / f)
+
+
+def set_made(step: Step) -> str | None:
+    """The set folder a set step makes (None for other steps)."""
+    if step.script not in SET_SCRIPTS:
+        return None
+    return step.args[step.args.index("--out") + 1] if "--out" in step.args else step.args[SET_SCRIPTS[step.script]]
+
+
+def _reads(step: Step, path: str) -> bool:
+    return any(a == path or a.endswith("=" + path) for a in step.args)
+
+
+def pending(steps: tuple[Step, ...], redo: set[str]) -> set[str]:
+    """The steps to run: every other step without a kept report (or in ``redo``), and the set steps whose
+    set is missing and that one of those reads (directly or through a merged set).
+
+    >>> a = Step("set-a", "make_set.py", ("--out", "runs/sets/never-made-a"))
+    >>> b = Step("use-a", "reconstruct.py", ("--set-dir", "runs/sets/never-made-a"))
+    >>> sorted(pending((a, b), set())), sorted(pending((a,), set()))
+    (['set-a', 'use-a'], [])
+    """
+    todo = {s.name for s in steps if s.script not in SET_SCRIPTS
+            and (s.name in redo or not (REPORTS / s.name / "report.json").exists())}  # fmt: skip
+    for s in reversed(steps):  # a set is read only by the steps after it
+        made = set_made(s)
+        if made is None or (REPO / made / "calibration.json").exists():
+            continue
+        if any(_reads(t, made) for t in steps if t.name in todo):
+            todo.add(s.name)
+    return todo
+
+
 def run_step(step: Step, redo: bool) -> bool:
-    """Run ``step`` unless its report exists; True when its report is there afterwards."""
+    """Run ``step`` unless its kept report exists; True when its report is there afterwards."""
     out = BENCH_DIR / step.name
     report = out / "report.json"
-    if report.exists() and not redo:
+    if step.script not in SET_SCRIPTS and (REPORTS / step.name / "report.json").exists() and not redo:
         return True
     out.mkdir(parents=True, exist_ok=True)
-    made = None
-    if step.script in SET_SCRIPTS:  # a set step's "report" is the set itself
-        made = step.args[step.args.index("--out") + 1] if "--out" in step.args else step.args[SET_SCRIPTS[step.script]]
+    made = set_made(step)
+    if made is not None:  # a set step's "report" is the set itself
         if (REPO / made / "calibration.json").exists():  # made earlier (by hand or another bench): reuse it
             report.write_text(json.dumps({"set": made, "reused": True}) + "\n")
             return True
@@ -104,6 +145,8 @@ def run_step(step: Step, redo: bool) -> bool:
         report.write_text(json.dumps({"set": made}) + "\n")
     extra = {} if idle is None else {"waited_for_idle": idle}
     write_provenance(out, shown, start, time.perf_counter() - t0, load, **extra)
+    if made is None and report.exists():
+        keep(step.name)
     return report.exists()
 
 
@@ -161,6 +204,7 @@ def adopt(step: Step, src: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_provenance(out, step.shown(Path(src)), start["time"], float(seconds), start["loadavg"][0], adopted_from=str(src))
+    keep(step.name)
     print(f"[bench] {step.name}: adopted {src}/report.json", flush=True)
 
 
@@ -185,13 +229,14 @@ def main() -> int:
         adopt(next(s for s in STEPS if s.name == name), Path(src))
     failed = []
     if not args.render_only:
+        todo = pending(STEPS, set(args.redo))
         for step in STEPS:
-            if args.only is None or step.name in args.only:
+            if step.name in todo if args.only is None else step.name in args.only:
                 if not run_step(step, step.name in args.redo):
                     failed.append(step.name)
     from _tables import render_tables
 
-    text, stale = render(args.file.read_text(), render_tables(BENCH_DIR))
+    text, stale = render(args.file.read_text(), render_tables(REPORTS))
     tmp = args.file.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(args.file)

@@ -1,6 +1,6 @@
 """Draw BENCHMARKS.md's figures (PNG, matplotlib Agg) from the benchmark reports on disk.
 
-    python benchmarks/plots.py [--bench-dir runs/bench] [--runs runs] [--out docs/img]
+    python benchmarks/plots.py [--bench-dir benchmarks/reports] [--runs runs] [--out docs/img]
 
 - ``calibration_sources.png``: KL to FP and top-1 agreement of DeiT-Tiny quantized on each calibration
   source (``runs/bench/fp8-dt-*``, ``modelopt-dt``, ``ort-sets-dt``);
@@ -233,7 +233,7 @@ def render_plots(bench_dir: Path, out_dir: Path, runs_dir: Path | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bench-dir", type=Path, default=Path("runs/bench"), help="bench.py's step reports")
+    p.add_argument("--bench-dir", type=Path, default=Path("benchmarks/reports"), help="bench.py's kept step reports")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="the KD runs, sets/ and ort_speed_idle2.json")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     p.add_argument("--preview-set", default="smi500-dt-s1", help="the set under RUNS/sets whose preview is shown")

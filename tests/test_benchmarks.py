@@ -141,18 +141,44 @@ def test_bench_cli_step_report_is_its_printed_json(tmp_path: Path, monkeypatch: 
             return [sys.executable, "-c", f"print({self.args[0]!r}); import sys; print('progress', file=sys.stderr)"]
 
     monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    monkeypatch.setattr(bench, "REPORTS", tmp_path / "kept")
     assert bench.run_step(Printing("good", "dfq", ('{"speedup": 4.5}',)), redo=False)
     assert json.loads((tmp_path / "good" / "report.json").read_text()) == {"speedup": 4.5}
+    assert json.loads((tmp_path / "kept" / "good" / "report.json").read_text()) == {"speedup": 4.5}  # kept in git
+    assert (tmp_path / "kept" / "good" / "provenance.json").exists()
+    assert bench.run_step(Printing("good", "dfq", ("not json",)), redo=False)  # kept: not run again
     assert "progress" in (tmp_path / "good" / "log.txt").read_text()
     assert "load_at_start" in json.loads((tmp_path / "good" / "provenance.json").read_text())
     assert not bench.run_step(Printing("bad", "dfq", ("usage: dfq ...",)), redo=False)
-    assert not (tmp_path / "bad" / "report.json").exists()
+    assert not (tmp_path / "bad" / "report.json").exists() and not (tmp_path / "kept" / "bad").exists()
+
+
+def test_pending_runs_set_steps_only_for_steps_still_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh checkout with every report kept runs nothing; a step without one pulls in the set steps it
+    reads, through merged sets, and not the others."""
+    bench = importlib.import_module("bench")
+    monkeypatch.setattr(bench, "REPORTS", tmp_path / "kept")
+    a = bench.Step("set-a", "make_set.py", ("--out", "runs/sets/nowhere-a"))
+    b = bench.Step("set-b", "make_set.py", ("--out", "runs/sets/nowhere-b"))
+    ab = bench.Step("set-ab", "merge_sets.py", ("runs/sets/nowhere-ab", "runs/sets/nowhere-a", "runs/sets/nowhere-b"))
+    use_ab = bench.Step("use-ab", "reconstruct.py", ("--set-dir", "runs/sets/nowhere-ab", "--out", "{out}"))
+    use_b = bench.Step("use-b", "precision.py", ("estimate", "--model-set", "m=runs/sets/nowhere-b", "--out", "{out}"))
+    steps = (a, b, ab, use_ab, use_b)
+    assert bench.pending(steps, set()) == {"set-a", "set-b", "set-ab", "use-ab", "use-b"}
+    (tmp_path / "kept" / "use-ab").mkdir(parents=True)
+    (tmp_path / "kept" / "use-ab" / "report.json").write_text("{}")
+    assert bench.pending(steps, set()) == {"set-b", "use-b"}  # `--model-set m=DIR` reads b
+    (tmp_path / "kept" / "use-b").mkdir()
+    (tmp_path / "kept" / "use-b" / "report.json").write_text("{}")
+    assert bench.pending(steps, set()) == set()
+    assert bench.pending(steps, {"use-ab"}) == {"set-a", "set-b", "set-ab", "use-ab"}
 
 
 def test_adopted_report_keeps_its_recorded_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--adopt STEP=DIR`` takes a hand-made run's report with a provenance built from what it recorded."""
     bench = importlib.import_module("bench")
     monkeypatch.setattr(bench, "BENCH_DIR", tmp_path / "bench")
+    monkeypatch.setattr(bench, "REPORTS", tmp_path / "kept")
     src = tmp_path / "runs" / "rec"
     src.mkdir(parents=True)
     report = {"machine_load_start": {"time": "2026-12-02T05:27:27+0000", "loadavg": [2.0, 2.2, 2.4]},
@@ -163,6 +189,7 @@ def test_adopted_report_keeps_its_recorded_start(tmp_path: Path, monkeypatch: py
     prov = json.loads((tmp_path / "bench" / "rec-mb-cmi96" / "provenance.json").read_text())
     assert prov["started"] == "2026-12-02T05:27:27+0000" and prov["load_at_start"] == 2.0 and prov["seconds"] == 400.5
     assert prov["command"].endswith(f"--out {src}") and prov["adopted_from"] == str(src)
+    assert json.loads((tmp_path / "kept" / "rec-mb-cmi96" / "provenance.json").read_text()) == prov
     # distill_probe.py records one total per training-set size: the wall time is their sum
     probe = {"machine_load_start": report["machine_load_start"], "runs": [{"seconds_total": 304.2}, {"seconds_total": 318.0}]}
     (src / "report.json").write_text(json.dumps(probe))
