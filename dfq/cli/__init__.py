@@ -4,7 +4,9 @@ methods, targets, backends, export formats).
 
 Exit codes: 0 success, 2 bad input (one-line ``error: ...`` on stderr, no traceback; set
 ``DFQ_DEBUG=1`` to see it; click's own usage errors, such as an unknown option, a missing or badly
-typed value or a bad choice, are printed the same way, without click's Usage/Try lines),
+typed value, an integer beyond 64 bits or a bad choice, are printed the same way, without click's
+Usage/Try lines; so are an argument holding a NUL character and a path the OS refuses as too long or a
+symlink loop, wherever it is first touched; ``tests/test_cli_fuzz.py`` fuzzes every command for this),
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Both stop an
 inversion at the current iteration with a resumable checkpoint (``dfq invert ... --resume``,
 ``dfq calibrate ... --resume``). A full disk is reported the same way (``error: no space left on device
@@ -20,8 +22,10 @@ added to the group here. Shared options and printing are in :mod:`dfq.cli._commo
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -35,6 +39,7 @@ from dfq.cli import analyze, bench, calibrate, distill, evaluate, invert
 from dfq.cli._common import _model_options as _model_options  # re-exported: the helpers lived here
 from dfq.cli._common import _pct as _pct
 from dfq.cli._common import _print as _print
+from dfq.cli._common import bound_integers
 from dfq.errors import DfqError, DfqWarning
 
 __all__ = ["cli", "main"]
@@ -46,6 +51,17 @@ class _Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated
+
+
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP})
+"""OSErrors only a path given on the command line causes, wherever it is first touched: a name longer
+than the file system allows, a loop of symbolic links. Said as one ``error:`` line, not a traceback."""
+
+
+def _shown(text: str, width: int = 80) -> str:
+    """``text`` (a path or an argument) for a one-line message: control characters escaped, cut to ``width``."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+    return text if len(text) <= width else f"{text[: width - 31]}…{text[-10:]} ({len(text)} characters)"
 
 
 def _usage_line(e: click.ClickException) -> str:
@@ -62,16 +78,27 @@ class _DfqGroup(click.Group):
     """The group that turns bad input into one ``error:`` line and exit 2, and interrupts into 130/143.
 
     Bad input is a :class:`DfqError` or a click usage error (unknown option or command, missing or
-    badly typed value, bad choice: printed as one line too, without click's Usage/Try lines); any other
-    exception is a bug and keeps its traceback.
+    badly typed value, bad choice, an integer beyond 64 bits: printed as one line too, without click's
+    Usage/Try lines), an argument holding a NUL character, or an OSError only a given path causes (a
+    name too long, a symlink loop: :data:`_PATH_ERRNOS`); any other exception is a bug and keeps its
+    traceback. A path of undecodable bytes is printed back as those bytes (:func:`_bytes_as_given`).
     ``DFQ_DEBUG=1`` shows the traceback of a DfqError too. Living in the group (not around it), this
     behaves the same under ``click.testing.CliRunner`` as in the console script.
     """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        bound_integers(cmd)  # every integer option within 64 bits, this command's and its subcommands'
+        super().add_command(cmd, name)
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
     ) -> click.Context:
         """The group's own options parsed; a click usage error (``dfq --bogus``) is one line and exit 2."""
+        held = next((a for a in args if isinstance(a, str) and "\x00" in a), None)
+        if held is not None:  # no shell passes one; the Python API can, and os calls raise ValueError on it
+            message = f"argument '{_shown(held)}' holds a NUL character, which no path or value may contain"
+            click.echo(f"error: {message}", err=True)
+            raise click.exceptions.Exit(2)
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.exceptions.NoArgsIsHelpError:
@@ -82,7 +109,7 @@ class _DfqGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with _notes():
+            with _notes(), _bytes_as_given():
                 return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
             raise
@@ -95,14 +122,43 @@ class _DfqGroup(click.Group):
             click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
             ctx.exit(2)
         except OSError as e:  # a full disk wherever it struck (dfq's own writers say it as a DfqError)
-            if not is_out_of_space(e) or os.environ.get("DFQ_DEBUG"):
+            if os.environ.get("DFQ_DEBUG"):
                 raise
-            click.echo(f"error: {out_of_space_error(e.filename or 'a file')}", err=True)
+            if is_out_of_space(e):
+                click.echo(f"error: {out_of_space_error(e.filename or 'a file')}", err=True)
+            elif e.errno in _PATH_ERRNOS and e.filename is not None:  # a path of the command line
+                reason = (e.strerror or "unusable path").lower()
+                click.echo(f"error: {_shown(e.filename)}: {reason}", err=True)
+            else:
+                raise
             ctx.exit(2)
         except KeyboardInterrupt as e:
             terminated = isinstance(e, _Terminated)
             click.echo("terminated" if terminated else "interrupted", err=True)
             ctx.exit(143 if terminated else 130)
+
+
+@contextmanager
+def _bytes_as_given() -> Iterator[None]:
+    """Let stdout print lone surrogates back as the bytes they stand for (``surrogateescape``).
+
+    Python decodes argv bytes that are not UTF-8 (``--out $'\\xff'``) to lone surrogates; a strict UTF-8
+    stdout cannot encode them, so ``run written to OUT`` raised a UnicodeEncodeError after the work was
+    done. stderr already escapes them (``backslashreplace``). The handler is put back afterwards.
+    """
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    if errors != "strict" or not hasattr(stream, "reconfigure"):
+        yield
+        return
+    stream.reconfigure(errors="surrogateescape")
+    try:
+        yield
+    finally:
+        try:
+            stream.reconfigure(errors=errors)
+        except (ValueError, OSError):  # closed meanwhile
+            pass
 
 
 @contextmanager

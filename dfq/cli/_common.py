@@ -1,4 +1,5 @@
-"""What the ``dfq`` commands share: the model-loading options and the printing of a report's figures."""
+"""What the ``dfq`` commands share: the model-loading options, the printing of a report's figures, and the
+64-bit bound of every integer option (:func:`bound_integers`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,44 @@ import json
 from typing import Any
 
 import click
+
+INT64 = (-(2**63), 2**63 - 1)
+"""The integers an integer option takes: what torch, numpy and ``itertools.islice`` hold (a seed, a batch
+size or a count beyond it overflowed deep in a job, with a traceback, instead of one error line)."""
+
+
+class _Fits64:
+    """The 64-bit check, after the type's own conversion (and range check, for ranges)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)  # type: ignore[misc]
+        if not INT64[0] <= number <= INT64[1]:
+            text = str(number)
+            shown = text if len(text) <= 24 else f"{text[:12]}… ({len(text)} characters)"
+            self.fail(f"{shown} does not fit in a 64-bit integer", param, ctx)  # type: ignore[attr-defined]
+        return number
+
+
+class Int64(_Fits64, click.types.IntParamType):
+    """click's ``int`` within :data:`INT64`."""
+
+
+class IntRange64(_Fits64, click.IntRange):
+    """click's ``IntRange`` within :data:`INT64` (the range's own bounds and message come first)."""
+
+
+def bound_integers(command: click.Command) -> None:
+    """Give every integer option and argument of ``command`` (and of its subcommands) the 64-bit bound:
+    ``type=int`` becomes :class:`Int64`, ``click.IntRange`` :class:`IntRange64`. Called by the group on
+    each command it adds, so a new option is bounded without a line of its own."""
+    for param in command.params:
+        kind = param.type
+        if type(kind) is click.types.IntParamType:
+            param.type = Int64()
+        elif type(kind) is click.IntRange:
+            param.type = IntRange64(kind.min, kind.max, kind.min_open, kind.max_open, kind.clamp)
+    for sub in getattr(command, "commands", {}).values():
+        bound_integers(sub)
 
 
 def _model_options(f):  # noqa: ANN001, ANN202

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from dfq.errors import DfqError
 
 
 @click.command()
@@ -60,4 +63,25 @@ def report_cmd(run: str, out: str | None) -> None:
     from dfq.runs import read_recipe
 
     read_recipe(run)  # not a run directory: one error line
+    if out is not None:
+        _check_page_out(out)
     click.echo(f"report written to {write_html_report(run, out)}")
+
+
+def _check_page_out(out: str) -> None:
+    """Refuse a ``--out`` the page cannot be written to, before it is built: empty, a folder, a path the
+    file system refuses (too long, under a file, read-only, /proc), a folder that does not exist.
+
+    Raises:
+        DfqError: the path cannot take the page; the message says why in one line.
+    """
+    from dfq.runs import check_writable
+
+    if not out.strip():
+        raise DfqError("--out is empty; name the HTML file to write")
+    check_writable(out)
+    path = Path(out)
+    if path.is_dir():
+        raise DfqError(f"--out {out} is a folder; name the HTML file to write")
+    if not path.parent.is_dir():
+        raise DfqError(f"--out {out}: the folder {path.parent} does not exist")

@@ -40,12 +40,14 @@ def bench_inversion(
     """Dense DeepInversion vs SMI iteration speed per sparsity stage, FLOPs and peak memory."""
     from dfq.devices import check_device
     from dfq.inversion.bench import benchmark_inversion
+    from dfq.jobs.model import check_batch_fits
     from dfq.loadcheck import snapshot
-    from dfq.models import load_model
+    from dfq.models import data_config, load_model
 
     start = snapshot()  # before the model build raises the load average
     device = check_device(device)
     model = load_model(model_name, checkpoint=checkpoint, pretrained=not no_pretrained).to(device)
+    check_batch_fits(batch_size, data_config(model)["input_size"])  # not an allocation error in the first stage
     r = benchmark_inversion(
         model,
         batch_size=batch_size,

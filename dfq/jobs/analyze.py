@@ -40,6 +40,13 @@ class AnalyzeRequest:
             raise DfqError("--batch-size must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise DfqError("--limit must be at least 1")
+        if self.device is not None:  # a free string on the command line: cpu:-1, cuda:x, meta, ...
+            try:
+                kind = torch.device(self.device).type
+            except (RuntimeError, ValueError):
+                kind = None
+            if kind not in ("cpu", "cuda"):
+                raise DfqError(f"--device {self.device!r} is not a device to measure on; use cpu, cuda or cuda:N")
 
 
 def _images(request: AnalyzeRequest, run: Path) -> tuple[CalibrationSet, str]:

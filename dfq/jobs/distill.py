@@ -37,7 +37,7 @@ from dfq.devices import check_device
 from dfq.distill.config import DistillConfig
 from dfq.errors import DfqError
 from dfq.jobs.evaluate import check_eval_options
-from dfq.jobs.model import JobModel, load_job_model
+from dfq.jobs.model import JobModel, check_batch_fits, load_job_model
 from dfq.jobs.sources import CalibrationSource, plan_source, resolve_source
 
 __all__ = ["DistillRequest", "run_distill", "eval_data_from_folder", "config_from_options"]
@@ -202,6 +202,9 @@ def _prepare(request: DistillRequest, device: str) -> tuple[Any, ...]:
                        resume=request.resume)  # fmt: skip
     t_name, t_ckpt = _recipe_teacher(recipe, request) if recipe is not None else (request.teacher, request.teacher_checkpoint)
     teacher = load_job_model(t_name, t_ckpt, request.pretrained, device, data_overrides=request.data_overrides)
+    check_batch_fits(request.config.batch_size, teacher.data_cfg["input_size"])  # before the student, images, loop
+    if request.alternate:
+        check_batch_fits(request.config.synth_batch, teacher.data_cfg["input_size"], "--kd synth_batch")
     if recipe is not None:
         from dfq.runs import load
 

@@ -4,7 +4,8 @@ Every job (invert, calibrate, evaluate) starts from a :class:`JobModel`: the flo
 device, the data config that reaches every step (the model's own preprocessing with the caller's
 overrides applied once, here), and the identity record written into manifests and recipes and checked
 when a calibration set is reused (:func:`check_set_matches`). :func:`check_sites` refuses a
-quantization config none of whose activation sites exist in the model.
+quantization config none of whose activation sites exist in the model; :func:`check_batch_fits` a
+working batch larger than the host memory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dfq.data import CalibrationSet
 from dfq.errors import DfqError
 from dfq.models import data_config, is_cls_vit, load_model, model_family
 
-__all__ = ["JobModel", "load_job_model", "check_set_matches", "check_sites"]
+__all__ = ["JobModel", "load_job_model", "check_set_matches", "check_sites", "check_batch_fits"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,21 @@ def check_sites(config: QuantConfig, module: nn.Module) -> None:
             f"activation sites {','.join(sorted(config.act_sites))} do not exist in {type(module).__name__} "
             f"({kind}); its sites are {','.join(own)}"
         )
+
+
+def check_batch_fits(batch_size: int, input_size: Any, flag: str = "--batch-size") -> None:
+    """Refuse a batch of float32 images of ``input_size`` that alone needs more than the host memory
+    available now (:func:`dfq.memory.available_memory`; nothing is checked where it is unknown), before
+    any work: a training or timing batch of 10**12 images otherwise failed in an allocation, with a
+    traceback. A lower bound (the batch's images only), so it never refuses a batch that would fit.
+
+    Raises:
+        DfqError: the batch cannot fit; the message names ``flag``.
+    """
+    from dfq.memory import available_memory, set_bytes
+
+    need, free = set_bytes(batch_size, input_size), available_memory()
+    if free is not None and need > free:
+        shape = "x".join(str(int(d)) for d in input_size)
+        raise DfqError(f"{flag} {batch_size}: one batch needs at least {need / 2**30:.1f} GiB of memory (float32, "
+                       f"{shape} each), but {free / 2**30:.1f} GiB is available; lower {flag}")  # fmt: skip

@@ -77,9 +77,11 @@ def ort_speedup(
         record, with ``not_idle_because``).
 
     Raises:
-        DfqError: no exported graph in the run, onnxruntime missing, a bad batch size.
+        DfqError: no exported graph in the run, onnxruntime missing, a bad batch size (below 1, or larger
+            than the host memory).
     """
     from dfq.jobs.export import QDQ_ONNX
+    from dfq.jobs.model import check_batch_fits
     from dfq.loadcheck import measure_load, snapshot
     from dfq.models import data_config
     from dfq.runs import read_recipe
@@ -102,6 +104,7 @@ def ort_speedup(
     fmodel = _float_model(recipe, model)
     size = recipe.get("data_config", {}).get("input_size") or data_config(fmodel)["input_size"]
     shape = tuple(int(s) for s in size)
+    check_batch_fits(max(batch_sizes), shape)  # the random input of the largest batch, before any export
     result: dict[str, Any] = {"threads": threads, "rounds": rounds, "iters": iters, "batches": {}}
     with tempfile.TemporaryDirectory(prefix="dfq-speed-") as tmp:
         fp32 = ort_predictor(export_float_onnx(fmodel, Path(tmp) / "fp32.onnx", shape), threads=threads)
