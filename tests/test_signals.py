@@ -8,6 +8,15 @@ import pytest
 from dfq.signals import deferred_interrupts
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler during each test: a shell starts background jobs (``make test &``) with
+    SIGINT ignored, and the tests are about what the block does to the handler it finds."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def test_sigint_inside_the_block_is_delivered_after_it():
     done = []
     with pytest.raises(KeyboardInterrupt):
