@@ -478,14 +478,6 @@ _RECONSTRUCT = ("calibrate", "--model", "test_vit", "--inversion", "noise", "--n
 _DEEPINVERSION = ("invert", "--model", "test_vit", "--method", "deepinversion", "--num-images", "2", "--set",
                   "iterations=1", "--out", "set", "--no-pretrained", "--device", "cpu")  # fmt: skip
 KNOWN_BUGS = [
-    KnownBug("reconstruct-seed", "ValueError", "Overflow", "dfq/quant/reconstruct.py",
-             (*_RECONSTRUCT, "--seed", str(2**63 - 1)),
-             "reconstruct() seeds unit i with config.seed * 100003 + i, past 64 bits for a seed above ~9.2e13: "
-             "torch.Generator.manual_seed overflows (dfq/quant/reconstruct.py)"),
-    KnownBug("reconstruct-batch", "ValueError", "Overflow", "dfq/quant/reconstruct.py",
-             (*_RECONSTRUCT, "--reconstruct-option", f"batch_size={2**64}"),
-             "--reconstruct-option parses integers without a 64-bit bound (dfq/inversion/overrides.py, or "
-             "ReconstructConfig's checks): images.split(2**64) overflows in dfq/quant/reconstruct.py"),
     KnownBug("inversion-jitter", "ValueError", "Overflow", "dfq/inversion/priors.py",
              (*_DEEPINVERSION, "--set", f"jitter={2**64}"),
              "--set jitter=N is not bounded (by the image size, or to 64 bits in dfq/inversion/overrides.py): "
@@ -604,6 +596,8 @@ def test_no_command_line_gives_a_traceback(
 @example(argv=["report", "{run}", "--out", "\udcff.html"])  # UnicodeEncodeError printing the path on stdout
 @example(argv=["analyze", "{run}", "--device", "cpu:-1"])  # RuntimeError from torch.device
 @example(argv=["analyze", "{run}", "--device", "meta"])  # NotImplementedError: cannot copy out of meta tensor
+@example(argv=[*_RECONSTRUCT, "--seed", str(2**63 - 1)])  # ValueError: overflow in reconstruct()'s unit seeds
+@example(argv=[*_RECONSTRUCT, "--reconstruct-option", f"batch_size={2**64}"])  # overflow in images.split
 # a batch no memory holds: an allocation error in the work (where the stubs stand: _allocatable)
 @example(argv=["distill", "--teacher", "test_vit", "--student", "test_vit", "--inversion", "noise", "--num-images",
                "4", "--steps", "1", "--out", "out", "--batch-size", str(10**12), *_CPU])  # fmt: skip

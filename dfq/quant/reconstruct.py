@@ -55,6 +55,15 @@ BLOCK_TYPES = frozenset(
 blocks, dfq's CIFAR ResNet block)."""
 
 
+_MAX_COUNT = 2**31
+"""Largest step count or batch: far past any run, and inside the 64-bit sizes torch takes."""
+
+
+def _unit_seed(seed: int, unit: int) -> int:
+    """The seed of unit ``unit``'s batch draws and drop masks, within the 64 bits torch's generators take."""
+    return (seed * 100003 + unit) % 2**63
+
+
 @dataclass(frozen=True)
 class ReconstructConfig:
     """How :func:`reconstruct` trains each unit.
@@ -103,8 +112,8 @@ class ReconstructConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.iters < 1 or self.batch_size < 1:
-            raise ValueError(f"iters and batch_size must be at least 1, got {self.iters} and {self.batch_size}")
+        if not 1 <= self.iters <= _MAX_COUNT or not 1 <= self.batch_size <= _MAX_COUNT:
+            raise ValueError(f"iters and batch_size must lie in [1, 2**31], got {self.iters} and {self.batch_size}")
         if self.lr <= 0 or self.range_lr <= 0 or self.reg_weight < 0:
             raise ValueError("lr and range_lr must be positive and reg_weight not negative")
         if not 0 <= self.warmup < 1 or not 0 <= self.drop < 1:
@@ -413,7 +422,7 @@ def reconstruct(
                                keep_index)  # fmt: skip
             if x is None:
                 x, _ = _record(model, unit, images, config.batch_size, True, False, keep_index)
-            report = _train_unit(name, unit, x, y, config, config.seed * 100003 + i, bar, fisher.pop(name, None))
+            report = _train_unit(name, unit, x, y, config, _unit_seed(config.seed, i), bar, fisher.pop(name, None))
             reports.append(report)
             if on_unit is not None:
                 on_unit(report)
