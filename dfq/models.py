@@ -237,7 +237,7 @@ def check_preprocessing(overrides: Mapping[str, Any]) -> None:
 
     Raises:
         DfqError: an unknown interpolation or crop mode, a non-finite mean, a std that is not a finite
-            positive number, a ``crop_pct`` outside (0, 1].
+            positive number, a ``crop_pct`` outside [0.1, 1].
     """
     choices = {"interpolation": INTERPOLATIONS, "crop_mode": CROP_MODES}
     for key, valid in choices.items():
@@ -254,8 +254,8 @@ def check_preprocessing(overrides: Mapping[str, Any]) -> None:
         if key == "std" and not all(v > 0 for v in values):
             raise DfqError(f"std {value} must be positive (images are divided by it)")
     crop = overrides.get("crop_pct")
-    if crop is not None and not (isinstance(crop, int | float) and 0 < crop <= 1):
-        raise DfqError(f"crop_pct {crop} must lie in (0, 1]")
+    if crop is not None and not (isinstance(crop, int | float) and 0.1 <= crop <= 1):  # 0.1: resize to 10x the crop
+        raise DfqError(f"crop_pct {crop} must lie in [0.1, 1]")
 
 
 def eval_transform(config: Mapping[str, Any]) -> Any:

@@ -478,15 +478,6 @@ _RECONSTRUCT = ("calibrate", "--model", "test_vit", "--inversion", "noise", "--n
 _DEEPINVERSION = ("invert", "--model", "test_vit", "--method", "deepinversion", "--num-images", "2", "--set",
                   "iterations=1", "--out", "set", "--no-pretrained", "--device", "cpu")  # fmt: skip
 KNOWN_BUGS = [
-    KnownBug("inversion-jitter", "ValueError", "Overflow", "dfq/inversion/priors.py",
-             (*_DEEPINVERSION, "--set", f"jitter={2**64}"),
-             "--set jitter=N is not bounded (by the image size, or to 64 bits in dfq/inversion/overrides.py): "
-             "random_jitter_flip overflows in dfq/inversion/priors.py"),
-    KnownBug("folder-crop-pct", "OverflowError", "too large", "PIL/Image.py",
-             ("calibrate", "--model", "test_vit", "--inversion", "folder", "--set", "path={folder}", "--set",
-              "crop_pct=1e-30", "--num-images", "4", "--out", "out", "--no-pretrained", "--device", "cpu"),
-             "FolderConfig accepts any crop_pct in (0, 1]: a tiny one resizes each image to 160/crop_pct pixels "
-             "(OverflowError at 1e-30, a MemoryError at 1e-3) in PIL, from dfq/inversion/folder.py"),
 ]  # fmt: skip
 
 
@@ -596,6 +587,9 @@ def test_no_command_line_gives_a_traceback(
 @example(argv=["report", "{run}", "--out", "\udcff.html"])  # UnicodeEncodeError printing the path on stdout
 @example(argv=["analyze", "{run}", "--device", "cpu:-1"])  # RuntimeError from torch.device
 @example(argv=["analyze", "{run}", "--device", "meta"])  # NotImplementedError: cannot copy out of meta tensor
+@example(argv=[*_DEEPINVERSION, "--set", f"jitter={2**64}"])  # ValueError: overflow in random_jitter_flip
+@example(argv=["calibrate", "--model", "test_vit", "--inversion", "folder", "--set", "path={folder}", "--set",
+               "crop_pct=1e-30", "--num-images", "4", "--out", "out", *_CPU])  # OverflowError in PIL's resize
 @example(argv=[*_RECONSTRUCT, "--seed", str(2**63 - 1)])  # ValueError: overflow in reconstruct()'s unit seeds
 @example(argv=[*_RECONSTRUCT, "--reconstruct-option", f"batch_size={2**64}"])  # overflow in images.split
 # a batch no memory holds: an allocation error in the work (where the stubs stand: _allocatable)

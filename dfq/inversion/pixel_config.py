@@ -67,8 +67,8 @@ class PixelInversionConfig(LoopConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.l2 is not None and self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
-        if self.jitter is not None and self.jitter < 0:
-            raise ValueError(f"jitter must be >= 0 pixels, got {self.jitter}")
+        if self.jitter is not None and not 0 <= self.jitter <= 2**31:
+            raise ValueError(f"jitter must lie in [0, 2**31] pixels, got {self.jitter}")
         if not 0 <= self.flip <= 1:
             raise ValueError(f"flip must be a probability in [0, 1], got {self.flip}")
 
