@@ -13,3 +13,16 @@ class DfqError(ValueError):
 
 class DfqWarning(UserWarning):
     """A user-facing note (the job goes on): one line, printed by the CLI as ``note: ...``."""
+
+
+def shown(text: object, width: int = 80) -> str:
+    """``text`` (a path or an argument) for a one-line message: control characters escaped, and cut
+    to about ``width`` characters with its length said when longer.
+
+    >>> shown("a\\nb")
+    'a\\\\nb'
+    >>> shown("x" * 100, width=40)
+    'xxxxxxxxx…xxxxxxxxxx (100 characters)'
+    """
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+    return text if len(text) <= width else f"{text[: width - 31]}…{text[-10:]} ({len(text)} characters)"

@@ -39,7 +39,7 @@ from torch import nn
 from dfq import atomic
 from dfq.checkpoints import check_finite
 from dfq.config import QuantConfig
-from dfq.errors import DfqError
+from dfq.errors import DfqError, shown
 
 __all__ = [
     "RECIPE",
@@ -136,11 +136,6 @@ _SIBLING_EXTRA = len(".") + len(".partial-") + len(_HOST) + 1 + _PID_DIGITS + 1 
 ``OUT.lock``, ``OUT.ckpt`` and ``OUT.reconstruct.ckpt`` add fewer)."""
 
 
-def _shown(path: Path | str, width: int = 80) -> str:
-    """``path`` cut to ``width`` characters for a one-line message."""
-    text = str(path)
-    return text if len(text) <= width else f"{text[: width - 21]}…{text[-20:]}"
-
 
 def check_writable(out: str | Path) -> None:
     """Refuse an output path dfq could not create, before any work: a name longer than the file system
@@ -161,16 +156,16 @@ def check_writable(out: str | Path) -> None:
     longest = max((len(n) for n in names), default=0)
     if longest + _SIBLING_EXTRA > name_max:
         raise DfqError(
-            f"--out {_shown(out)}: a name of {longest} bytes is too long (at most {name_max - _SIBLING_EXTRA} here)"
+            f"--out {shown(out)}: a name of {longest} bytes is too long (at most {name_max - _SIBLING_EXTRA} here)"
         )
     if len(os.fsencode(str(out))) + _SIBLING_EXTRA >= path_max:
-        raise DfqError(f"--out {_shown(out)}: the path is too long (at most {path_max - _SIBLING_EXTRA - 1} bytes)")
+        raise DfqError(f"--out {shown(out)}: the path is too long (at most {path_max - _SIBLING_EXTRA - 1} bytes)")
     if not anchor.is_dir():
-        raise DfqError(f"--out {_shown(out)}: {_shown(anchor)} is a file, not a directory")
+        raise DfqError(f"--out {shown(out)}: {shown(anchor)} is a file, not a directory")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".dfq-probe-", dir=anchor))
     except OSError as e:
-        raise DfqError(f"--out {_shown(out)}: cannot create anything in {_shown(anchor)} ({e.strerror})") from None
+        raise DfqError(f"--out {shown(out)}: cannot create anything in {shown(anchor)} ({e.strerror})") from None
 
 
 def _exists(path: Path) -> bool:
@@ -217,7 +212,7 @@ def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{_HOST}-{os.getpid()}-", dir=out.parent))
     except OSError as e:
         _raise_no_space(e, out.parent)
-        raise DfqError(f"cannot create a directory in {_shown(out.parent)}: {e.strerror}") from None
+        raise DfqError(f"cannot create a directory in {shown(out.parent)}: {e.strerror}") from None
     try:
         yield tmp
         os.chmod(tmp, atomic.default_mode(directory=True))
@@ -309,7 +304,7 @@ def _take_lock(out: Path) -> tuple[Path, str]:
             ) from None
         except OSError as e:
             _raise_no_space(e, path)
-            raise DfqError(f"cannot create {_shown(path)}: {e.strerror}") from None
+            raise DfqError(f"cannot create {shown(path)}: {e.strerror}") from None
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(token)

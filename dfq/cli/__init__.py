@@ -40,7 +40,7 @@ from dfq.cli._common import _model_options as _model_options  # re-exported: the
 from dfq.cli._common import _pct as _pct
 from dfq.cli._common import _print as _print
 from dfq.cli._common import bound_integers
-from dfq.errors import DfqError, DfqWarning
+from dfq.errors import DfqError, DfqWarning, shown
 
 __all__ = ["cli", "main"]
 
@@ -57,11 +57,6 @@ _PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP})
 """OSErrors only a path given on the command line causes, wherever it is first touched: a name longer
 than the file system allows, a loop of symbolic links. Said as one ``error:`` line, not a traceback."""
 
-
-def _shown(text: str, width: int = 80) -> str:
-    """``text`` (a path or an argument) for a one-line message: control characters escaped, cut to ``width``."""
-    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
-    return text if len(text) <= width else f"{text[: width - 31]}…{text[-10:]} ({len(text)} characters)"
 
 
 def _usage_line(e: click.ClickException) -> str:
@@ -96,7 +91,7 @@ class _DfqGroup(click.Group):
         """The group's own options parsed; a click usage error (``dfq --bogus``) is one line and exit 2."""
         held = next((a for a in args if isinstance(a, str) and "\x00" in a), None)
         if held is not None:  # no shell passes one; the Python API can, and os calls raise ValueError on it
-            message = f"argument '{_shown(held)}' holds a NUL character, which no path or value may contain"
+            message = f"argument '{shown(held)}' holds a NUL character, which no path or value may contain"
             click.echo(f"error: {message}", err=True)
             raise click.exceptions.Exit(2)
         try:
@@ -128,7 +123,7 @@ class _DfqGroup(click.Group):
                 click.echo(f"error: {out_of_space_error(e.filename or 'a file')}", err=True)
             elif e.errno in _PATH_ERRNOS and e.filename is not None:  # a path of the command line
                 reason = (e.strerror or "unusable path").lower()
-                click.echo(f"error: {_shown(e.filename)}: {reason}", err=True)
+                click.echo(f"error: {shown(e.filename)}: {reason}", err=True)
             else:
                 raise
             ctx.exit(2)
