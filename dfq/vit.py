@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from dfq.errors import DfqError
 
-__all__ = ["cls_vit_problem", "check_model", "num_patches", "forward_tokens", "topk_keep"]
+__all__ = ["cls_vit_problem", "check_model", "num_patches", "forward_tokens", "forward_kept", "topk_keep"]
 
 
 def cls_vit_problem(model: nn.Module) -> str | None:
@@ -243,6 +243,12 @@ def forward_tokens(
         assert cls_attn is not None
         return logits, cls_attn
     return logits
+
+
+def forward_kept(model: nn.Module, x: Tensor, keep_index: Tensor | None = None, *, validate: bool = True) -> Tensor:
+    """The logits of any model on ``x``: ``model(x)`` without ``keep_index`` (a CNN too), else only the
+    kept tokens pass a CLS ViT's blocks (:func:`forward_tokens`)."""
+    return model(x) if keep_index is None else forward_tokens(model, x, keep_index, validate=validate)
 
 
 def topk_keep(keep_index: Tensor, cls_attn: Tensor, ratio: float) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from dfq.flops import count_flops
 from dfq.models import is_cls_vit
-from dfq.vit import check_model, cls_vit_problem, forward_tokens, num_patches, topk_keep
+from dfq.vit import check_model, cls_vit_problem, forward_kept, forward_tokens, num_patches, topk_keep
 
 IMG = 96  # test_vit with patch 16: a 6x6 grid, 36 patches, 37 tokens
 
@@ -348,3 +348,16 @@ def test_topk_keep_rejects_bad_ratio(ratio: float) -> None:
 def test_topk_keep_rejects_misaligned_scores() -> None:
     with pytest.raises(ValueError, match="k-1"):
         topk_keep(torch.arange(5).repeat(1, 1), torch.rand(1, 5), 0.3)
+
+
+def test_forward_kept_is_the_plain_forward_without_tokens_and_forward_tokens_with() -> None:
+    """Without kept tokens any model runs its own forward (a CNN too, which forward_tokens refuses);
+    with them, exactly forward_tokens."""
+    torch.manual_seed(0)
+    vit, x = _vit(), torch.randn(2, 3, IMG, IMG)
+    keep = _random_keep(2, 37, 9)
+    assert torch.equal(forward_kept(vit, x, keep), forward_tokens(vit, x, keep))
+    assert torch.equal(forward_kept(vit, x), vit(x))
+    cnn = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
+    y = torch.randn(2, 3, 32, 32)
+    assert torch.equal(forward_kept(cnn, y), cnn(y))

@@ -26,11 +26,9 @@ __all__ = ["Models", "train_step", "build_optimizer", "set_lr", "EMA", "forward"
 
 def forward(model: nn.Module, images: Tensor, keep: Tensor | None) -> Tensor:
     """The model's logits on ``images``; with ``keep``, only those tokens pass the blocks (:func:`dfq.vit.forward_tokens`)."""
-    if keep is None:
-        return model(images)
-    from dfq.vit import forward_tokens
+    from dfq.vit import forward_kept
 
-    return forward_tokens(model, images, keep, validate=False)
+    return forward_kept(model, images, keep, validate=False)
 
 
 @dataclass

@@ -204,15 +204,12 @@ def calibration_forward_loop(
     """
 
     def loop(model: nn.Module) -> None:
-        from dfq.vit import forward_tokens
+        from dfq.vit import forward_kept
 
         batches = list(calib.batches(batch_size))
         for images, keep in progress_bar(batches, progress=progress, desc="calibrate", leave=False):
             images = images.to(device)
-            if keep is None or dense:
-                model(images)
-            else:
-                forward_tokens(model, images, keep.to(device))
+            forward_kept(model, images, None if keep is None or dense else keep.to(device))
 
     return loop
 

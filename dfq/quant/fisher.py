@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from dfq.errors import DfqError
 from dfq.quant.calibrate import quantizers_off
-from dfq.vit import forward_tokens
+from dfq.vit import forward_kept
 
 __all__ = ["output_fisher", "fisher_weights"]
 
@@ -43,10 +43,6 @@ def fisher_weights(grad: Tensor, mix: float) -> Tensor:
     if mean <= 0:
         return torch.ones_like(grad, dtype=torch.float32)
     return (mix * g2 / mean + (1.0 - mix)).float()
-
-
-def _forward(model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
-    return model(x) if keep is None else forward_tokens(model, x, keep)
 
 
 def output_fisher(
@@ -96,9 +92,9 @@ def output_fisher(
             x = x.to(device)
             keep = None if keep is None else keep.to(device)
             with torch.no_grad(), quantizers_off(model):
-                target = F.log_softmax(_forward(model, x, keep).float(), dim=-1)
+                target = F.log_softmax(forward_kept(model, x, keep).float(), dim=-1)
             with torch.enable_grad():
-                logits = _forward(model, x.detach().requires_grad_(True), keep)
+                logits = forward_kept(model, x.detach().requires_grad_(True), keep)
                 kl = F.kl_div(F.log_softmax(logits.float(), dim=-1), target, log_target=True, reduction="sum")
                 kl.backward()
     finally:

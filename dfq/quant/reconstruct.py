@@ -44,7 +44,7 @@ from dfq.quant.fisher import output_fisher
 from dfq.quant.modules import QuantLayer, quantizers
 from dfq.quant.quantizer import FakeQuantizer
 from dfq.rounding import beta_at, init_rounding, rectified_sigmoid, rounded_weight, rounding_penalty
-from dfq.vit import check_model, forward_tokens
+from dfq.vit import check_model, forward_kept
 
 __all__ = ["ReconstructConfig", "BLOCK_TYPES", "reconstruction_units", "reconstruct", "UnitReport", "with_views"]
 
@@ -206,10 +206,7 @@ def _record(
     try:
         for x, keep in zip(images.split(batch), keeps, strict=True):
             try:
-                if keep is None:
-                    model(x.to(device))
-                else:
-                    forward_tokens(model, x.to(device), keep.to(device))
+                forward_kept(model, x.to(device), None if keep is None else keep.to(device))
             except _Stop:
                 pass
     finally:
