@@ -7,7 +7,7 @@ file (or none) and no temporary behind. A write that fails because the disk is f
 :class:`~dfq.errors.DfqError` ("no space left on device writing PATH"), whatever library did the
 writing (torch, safetensors and onnx each report it their own way). Folders that must appear
 complete (run directories, calibration sets) are assembled the same way one level up
-(:func:`dfq.runs.run_directory`).
+(:func:`dfq.outputs.run_directory`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import dfq
 from dfq.atomic import atomic_write, write_text
 from dfq.errors import DfqError
 from dfq.inversion._pixels import PixelTask
-from dfq.runs import _HOST, lock_path, run_directory
+from dfq.outputs import _HOST, lock_path, run_directory
 from tests._cli import _calibrate_args, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
