@@ -19,7 +19,9 @@ the process group's ``init_process_group`` timeout. Errors of the backend (a pee
 a gloo collective or DistributedDataParallel's all-reduce) end the session as one ``DfqError`` too.
 
 ``DFQ_DIST_KILL=RANK:EVENT`` is a test hook: that rank leaves with ``os._exit(1)`` when it reaches
-:func:`fault_point` ``(EVENT)`` (``inversion-batch-B``, ``distill-step-S``), as a killed process would.
+:func:`fault_point` ``(EVENT)`` (``inversion-batch-B``, ``inversion-shared-B``, ``distill-start``,
+``distill-step-S``), as a killed process would; ``DFQ_DIST_STALL=RANK:EVENT:SECONDS`` makes it sleep
+there instead, alive but late.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dfq.errors import DfqError
 __all__ = [
     "TIMEOUT_ENV",
     "KILL_ENV",
+    "STALL_ENV",
     "launched",
     "reports",
     "timeout_seconds",
@@ -70,13 +73,43 @@ TIMEOUT_ENV = "DFQ_DIST_TIMEOUT"
 """Seconds a rank may stay silent (no heartbeat) before the others give up; also the process group's timeout."""
 KILL_ENV = "DFQ_DIST_KILL"
 """Test hook ``RANK:EVENT``: that rank exits at once at :func:`fault_point` ``(EVENT)``."""
+STALL_ENV = "DFQ_DIST_STALL"
+"""Test hook ``RANK:EVENT:SECONDS``: that rank sleeps at :func:`fault_point` ``(EVENT)``, alive (its
+heartbeat goes on) but late, as a rank busy evaluating or writing is."""
 _DEFAULT_TIMEOUT = 60.0
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+_MAX_TIMEOUT = 7 * 24 * 3600.0
+"""The longest ``DFQ_DIST_TIMEOUT`` taken (a week): far past any silence worth waiting for, and inside
+what the process group's ``timedelta`` holds."""
+
+
+def _env_int(key: str, default: int | None = None) -> int:
+    """The launcher's integer ``key`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_PORT``).
+
+    Raises:
+        DfqError: set but not a non-negative integer.
+    """
+    raw = os.environ.get(key)
+    if raw is None and default is not None:
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DfqError(f"{key}={raw!r} must be a non-negative integer (torchrun sets it)")
+    return value
+
+
 def launched() -> bool:
-    """Whether this process was started by ``torchrun`` (or an equivalent launcher) as one of several."""
-    return all(k in os.environ for k in _ENV) and int(os.environ["WORLD_SIZE"]) > 1
+    """Whether this process was started by ``torchrun`` (or an equivalent launcher) as one of several.
+
+    Raises:
+        DfqError: the launcher's ``WORLD_SIZE`` is not an integer.
+    """
+    return all(k in os.environ for k in _ENV) and _env_int("WORLD_SIZE") > 1
 
 
 def reports() -> bool:
@@ -100,6 +133,8 @@ def timeout_seconds() -> float:
         value = float("nan")
     if not value > 0 or value == float("inf"):
         raise DfqError(f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds")
+    if value > _MAX_TIMEOUT:
+        raise DfqError(f"{TIMEOUT_ENV}={raw!r} is more than a week ({_MAX_TIMEOUT:g} s); give at most that")
     return value
 
 
@@ -214,17 +249,22 @@ def _open(job_device: str) -> None:
 
     global _SESSION, _GENERATION
     timeout = timeout_seconds()
-    r, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", r))
+    r, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+    local = _env_int("LOCAL_RANK", r)
+    if r >= world:
+        raise DfqError(f"RANK={r} must be below WORLD_SIZE={world} (torchrun sets both)")
     cuda = job_device.split(":")[0] == "cuda"
     if cuda:
+        if local >= torch.cuda.device_count():
+            raise DfqError(f"LOCAL_RANK={local} has no GPU: this machine has {torch.cuda.device_count()}; "
+                           "start at most that many processes per node (--nproc-per-node)")  # fmt: skip
         torch.cuda.set_device(local)
     delta = datetime.timedelta(seconds=timeout)
     owns = not dist.is_initialized()
     try:
         if owns:
             dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=r, world_size=world, timeout=delta)
-        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        host, port = os.environ["MASTER_ADDR"], _env_int("MASTER_PORT")
         store, beat_store = (dist.TCPStore(host, port, is_master=False, timeout=delta, wait_for_workers=False)
                              for _ in range(2))  # fmt: skip
     except (RuntimeError, ValueError) as e:
@@ -309,9 +349,12 @@ def _lost_peer(e: BaseException) -> str:
     except Exception:  # noqa: BLE001
         who = None
     detail = " ".join(str(e).split())[:120]
-    cause = who or f"another process stopped ({type(e).__name__}: {detail})"
+    cause = (who or f"another process stopped ({type(e).__name__}: {detail})").removesuffix(_RESUME)
     here = f"rank {s.rank}: " if s is not None else ""
-    return f"{here}the distributed job stopped: {cause}; run the same command with --resume to continue it"
+    return f"{here}the distributed job stopped: {cause}{_RESUME}"
+
+
+_RESUME = "; run the same command with --resume to continue it"
 
 
 # -------------------------------------------------------------------------------------- collectives
@@ -453,13 +496,21 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def fault_point(event: str) -> None:
-    """The test hook of ``DFQ_DIST_KILL`` (module docstring): leave at once if this rank should die at ``event``."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec or _SESSION is None:
+    """The test hooks (module docstring): leave at once if this rank should die at ``event``
+    (``DFQ_DIST_KILL``), or stand still there for a while (``DFQ_DIST_STALL``)."""
+    if _SESSION is None:
         return
-    who, _, where = spec.partition(":")
-    if who.strip() == str(_SESSION.rank) and where.strip() == event:
-        os._exit(1)
+    spec = os.environ.get(KILL_ENV)
+    if spec:
+        who, _, where = spec.partition(":")
+        if who.strip() == str(_SESSION.rank) and where.strip() == event:
+            os._exit(1)
+    spec = os.environ.get(STALL_ENV)
+    if spec:
+        who, _, rest = spec.partition(":")
+        where, _, seconds = rest.rpartition(":")
+        if who.strip() == str(_SESSION.rank) and where.strip() == event:
+            time.sleep(float(seconds))
 
 
 def gather_in_order(parts: Sequence[Sequence[Any]], owners: Sequence[int]) -> list[Any]:

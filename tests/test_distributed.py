@@ -210,10 +210,18 @@ def test_ddp_distill_resumes_after_a_killed_rank(one_process: CalibrationSet, tm
     first = _launch(args, DFQ_DIST_KILL="1:distill-step-3", DFQ_DIST_TIMEOUT="20")
     assert first[1].returncode == 1 and first[0].returncode == 2, first[0].stderr[-3000:]
     lines = first[0].stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: rank 0: ") and "--resume" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0: ") and lines[0].count("--resume") == 1, lines
     assert not out.exists() and Path(f"{out}.ckpt").exists()
     recipe = _check_run(_launch([*args, "--resume"]), out)
     assert recipe["distill"]["resumed_from"] == 2
+
+
+def test_ddp_ranks_wait_for_a_late_rank_zero_in_the_barrier_not_in_ddp(one_process: CalibrationSet,
+                                                                       tmp_path: Path) -> None:
+    """Rank 0 stands still at the start for three times the timeout (as while it evaluates step 0 on a
+    large eval folder): rank 1 waits on its heartbeat instead of timing out in DDP's first all-reduce."""
+    args, out = _distill_args(one_process, tmp_path)
+    _check_run(_launch(args, DFQ_DIST_STALL="0:distill-start:6", DFQ_DIST_TIMEOUT="2"), out)
 
 
 # ------------------------------------------------------------------------------ one process, no session
@@ -240,6 +248,21 @@ def test_a_bad_timeout_is_one_error_line_before_any_rendezvous(monkeypatch: pyte
     code, out, err = run_cli([*SMI, "--out", str(tmp_path / "s")])
     assert code == 2 and err.strip() == "error: DFQ_DIST_TIMEOUT='-1' must be a positive number of seconds"
     assert out == "" and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RANK": "one"}, "error: RANK='one' must be a non-negative integer (torchrun sets it)"),
+    ({"WORLD_SIZE": "2.5"}, "error: WORLD_SIZE='2.5' must be a non-negative integer (torchrun sets it)"),
+    ({"RANK": "3"}, "error: RANK=3 must be below WORLD_SIZE=2 (torchrun sets both)"),
+    ({"DFQ_DIST_TIMEOUT": "1e14"}, "error: DFQ_DIST_TIMEOUT='1e14' is more than a week (604800 s); give at most that"),
+])  # fmt: skip
+def test_bad_launch_settings_are_one_error_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict,
+                                                message: str) -> None:
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", **env}.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = run_cli([*SMI, "--out", str(tmp_path / "s")])
+    assert (code, err.strip()) == (2, message) and out == ""
+    assert not any(tmp_path.iterdir())
 
 
 def test_histograms_merge_to_the_histogram_of_the_union() -> None:

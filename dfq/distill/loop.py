@@ -244,6 +244,9 @@ def run_loop(
     try:
         if state is None and eval_data is not None:
             record(None)
+        distributed.fault_point("distill-start")
+        if world > 1:
+            distributed.barrier()  # rank 0 may have evaluated step 0: the others wait here, not in DDP's all-reduce
         while step < config.steps:
             if synthesizer is not None and pool.rounds <= step // config.kd_steps:
                 pool.add(synthesizer(pool.rounds, student))

@@ -41,7 +41,7 @@ def data_parallel(models: Models, device: str) -> Models:
         return models
     from torch.nn.parallel import DistributedDataParallel
 
-    distributed.barrier()  # ranks arrive at different times (rank 0 loads the evaluation data)
+    distributed.barrier()  # ranks arrive at different times; DDP's broadcast should not wait under its own timeout
     cuda = device.split(":")[0] == "cuda"
     ddp = DistributedDataParallel(_StudentStep(models.student), device_ids=[distributed.local_rank()] if cuda else None,
                                   static_graph=True)  # fmt: skip
