@@ -434,7 +434,9 @@ def _collective(fn: Any) -> Any:
     try:
         return fn()
     except RuntimeError as e:
-        raise DfqError(_lost_peer(e)) from e
+        if isinstance(e, torch.distributed.DistError) or _backend_error(e):
+            raise DfqError(_lost_peer(e)) from e
+        raise  # not a lost peer (out of memory, a bug): said as what it is
 
 
 def all_gather_object(value: Any) -> list[Any]:

@@ -21,3 +21,15 @@ def test_source_from_options_needs_exactly_one() -> None:
         CalibrationSource.folder("/nonexistent-folder")
     source = CalibrationSource.from_options(None, None, "noise", ("std=0.5",))
     assert source.describe() == {"source": "inversion", "method": "noise", "settings": ["std=0.5"]}
+
+
+def test_a_torchrun_checkpoint_is_counted_by_its_rank_files_only(tmp_path) -> None:
+    """One process beside the per-rank checkpoints of a 2-process run is refused, and the count ignores
+    an atomic writer's leftover temporary file."""
+    from dfq.jobs.sources import _check_launch_matches
+
+    path = tmp_path / "set.ckpt"
+    for name in ("set.ckpt.rank0", "set.ckpt.rank1", "set.ckpt.rank0.tmp-x1y2"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DfqError, match=r"set\.ckpt\.rank0 holds an interrupted run of 2 torchrun processes"):
+        _check_launch_matches(path, tmp_path / "mine.ckpt")
