@@ -20,8 +20,9 @@ a gloo collective or DistributedDataParallel's all-reduce) end the session as on
 
 ``DFQ_DIST_KILL=RANK:EVENT`` is a test hook: that rank leaves with ``os._exit(1)`` when it reaches
 :func:`fault_point` ``(EVENT)`` (``inversion-batch-B``, ``inversion-shared-B``, ``distill-start``,
-``distill-step-S``), as a killed process would; ``DFQ_DIST_STALL=RANK:EVENT:SECONDS`` makes it sleep
-there instead, alive but late.
+``distill-step-S``), as a killed process would (``RANK:EVENT:raise``: it raises a ``DfqError`` there,
+as a failing job does); ``DFQ_DIST_STALL=RANK:EVENT:SECONDS`` makes it sleep there instead, alive but
+late.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from dfq.errors import DfqError
 __all__ = [
     "TIMEOUT_ENV",
     "KILL_ENV",
+    "check_peers",
     "STALL_ENV",
     "launched",
     "reports",
@@ -72,7 +74,7 @@ __all__ = [
 TIMEOUT_ENV = "DFQ_DIST_TIMEOUT"
 """Seconds a rank may stay silent (no heartbeat) before the others give up; also the process group's timeout."""
 KILL_ENV = "DFQ_DIST_KILL"
-"""Test hook ``RANK:EVENT``: that rank exits at once at :func:`fault_point` ``(EVENT)``."""
+"""Test hook ``RANK:EVENT[:raise]``: that rank exits at once (or raises) at :func:`fault_point` ``(EVENT)``."""
 STALL_ENV = "DFQ_DIST_STALL"
 """Test hook ``RANK:EVENT:SECONDS``: that rank sleeps at :func:`fault_point` ``(EVENT)``, alive (its
 heartbeat goes on) but late, as a rank busy evaluating or writing is."""
@@ -336,6 +338,20 @@ def _failure() -> str | None:
     return s.store.get(key).decode(errors="replace")
 
 
+def check_peers() -> None:
+    """Stop now if another rank has posted a failure (a no-op without a session): a rank with work of
+    its own left calls it between units of work, so it does not run on until its next collective.
+
+    Raises:
+        DfqError: a peer failed; its message, with the advice to resume.
+    """
+    if _SESSION is None:
+        return
+    who = _failure()
+    if who is not None:
+        raise DfqError(f"rank {_SESSION.rank}: the distributed job stopped: {who.removesuffix(_RESUME)}{_RESUME}")
+
+
 def _backend_error(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, RuntimeError) and any(k in text for k in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset"))
@@ -505,7 +521,10 @@ def fault_point(event: str) -> None:
     spec = os.environ.get(KILL_ENV)
     if spec:
         who, _, where = spec.partition(":")
+        where, _, how = where.partition(":")
         if who.strip() == str(_SESSION.rank) and where.strip() == event:
+            if how.strip() == "raise":
+                raise DfqError(f"test hook: rank {_SESSION.rank} fails at {event}")
             os._exit(1)
     spec = os.environ.get(STALL_ENV)
     if spec:

@@ -111,6 +111,20 @@ def test_killed_rank_fails_cleanly_and_resume_completes(one_process: Calibration
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
 
+def test_a_rank_stops_at_its_next_batch_when_a_peer_failed(tmp_path: Path) -> None:
+    """Rank 1 fails after its first batch; rank 0, still on its first (stalled 4 s), stops at its batch
+    boundary with rank 1's reason instead of inverting its second batch first."""
+    out = tmp_path / "set"
+    first = _launch([*SMI, "--out", str(out)], DFQ_DIST_KILL="1:inversion-batch-1:raise",
+                    DFQ_DIST_STALL="0:inversion-batch-0:4", DFQ_DIST_TIMEOUT="30")  # fmt: skip
+    assert [p.returncode for p in first] == [2, 2], first[0].stderr[-3000:]
+    assert first[1].stderr.strip() == "error: test hook: rank 1 fails at inversion-batch-1"
+    assert first[0].stderr.strip() == ("error: rank 0: the distributed job stopped: rank 1 failed: test hook: rank 1 "
+                                       "fails at inversion-batch-1; run the same command with --resume to continue it")
+    state = torch.load(tmp_path / "set.ckpt.rank0", weights_only=False)
+    assert state["batch"] == 1 and state["iteration"] == 0  # its second batch (global batch 2) never started
+
+
 # --------------------------------------------------------------------- calibration and CMI on 2 ranks
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
 

@@ -384,6 +384,7 @@ def run_batches(spec: LoopSpec, task: Task, *, device: torch.device, progress: b
             if spec.checkpoint is not None:
                 save(pos + 1, 0, None)
             distributed.fault_point(f"inversion-batch-{b}")
+            distributed.check_peers()  # a failed peer stops this rank now, not at the final merge
     finally:
         bar.close()
     result = BatchResult(
