@@ -129,6 +129,9 @@ STEPS: tuple[Step, ...] = (
         ("rec-dt-di256-views3-fc2mse", DEIT_DI256, "256", ("--views", "3", "--site-calibrator", "fc2_in=mse")),
         ("rec-dt-di128-views7-fc2mse", DEIT_DI128, "128", ("--views", "7", "--site-calibrator", "fc2_in=mse")),
         ("rec-dt-di128-views15-fc2mse", DEIT_DI128, "128", ("--views", "15", "--site-calibrator", "fc2_in=mse")),
+        # all 256 DeepInversion images with the views that helped 128 (issue 12's last lever, session 14)
+        *((f"rec-dt-di256-views{v}-fc2mse", DEIT_DI256, "256", ("--views", v, "--site-calibrator", "fc2_in=mse"))
+          for v in ("7", "15")),
         ("rec-dt-128-views3", DEIT_SMI, "128", ("--views", "3")),
         # the same 128 DeepInversion images with each unit's error weighted by its output's Fisher diagonal
         *((f"rec-dt-di128-views{v}-fc2mse-fisher{f.replace('.', '')}", DEIT_DI128, "128",

@@ -116,6 +116,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     "reconstruct-fit": (("rec-dt-di128-views7-fc2mse-fisher05", "rec-dt-di128-views7-fc2mse-fisher1",
                          "rec-dt-di128-views7-fc2mse-iters600", "rec-dt-di128-views7-fc2mse-batch32"),
                         reconstruct_table),
+    "reconstruct-256": (("rec-dt-di256-views7-fc2mse", "rec-dt-di256-views15-fc2mse"), reconstruct_table),
     "reconstruct-real": (("rec-mb-real", "rec-dt-real"), reconstruct_real_table),
     "mixed": (("mixed-dt",), mixed_table),
     "estimate": (("estimate",), estimate_table),
