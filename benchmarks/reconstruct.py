@@ -32,6 +32,7 @@ from dfq.distill import EvalData  # noqa: E402
 from dfq.distill.loop import evaluate_student  # noqa: E402
 from dfq.jobs import quant_config_from_options  # noqa: E402
 from dfq.loadcheck import snapshot  # noqa: E402
+from dfq.quant.calibrate import activation_quantizers  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from dfq.quant.variants import calibrated_copy  # noqa: E402
 from dfq.vit import forward_tokens  # noqa: E402
@@ -59,6 +60,9 @@ def main() -> int:
     ap.add_argument("--range-images", type=int, default=0,
                     help="calibrate the activation ranges on the first N calibration images only (0: all); "
                          "min/max ranges widen with every synthetic image added")  # fmt: skip
+    ap.add_argument("--score-weights-only", action="store_true",
+                    help="also score the reconstructed model with every activation quantizer off (what the "
+                         "learned 4-bit weights alone cost)")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.range_images < 0:  # before the model, the images and OUT: nothing is loaded or written
@@ -108,10 +112,19 @@ def main() -> int:
                         on_unit=lambda r: print(r, flush=True), keep_index=keep)  # fmt: skip
     t3 = time.perf_counter()
     final = evaluate_student(qmodel, ev)
+    weights_only = None
+    if args.score_weights_only:
+        acts = [q for q in activation_quantizers(qmodel) if q.mode == "quantize"]
+        for q in acts:
+            q.mode = "off"
+        weights_only = evaluate_student(qmodel, ev)
+        for q in acts:
+            q.mode = "quantize"
     report = {
         "model": args.model, "scheme": args.scheme, "machine_load_start": start,
         "set": set_info, "scored_images": len(images),
         "site_calibrators": args.site_calibrator, "config": dataclasses.asdict(rcfg), "fp": fp, "calibration_alone": calibrated, "reconstructed": final,
+        **({"reconstructed_weights_only": weights_only} if weights_only is not None else {}),
         "wall": {"set_or_load": round(t1 - t0, 1), "calibrate_and_baseline": round(t2 - t1, 1),
                  "reconstruct_this_process": round(t3 - t2, 1)},
         "reconstruct_seconds_total": round(sum(u.seconds for u in units), 1),
