@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -26,7 +27,20 @@ from pathlib import Path
 from dfq import atomic
 from dfq.errors import DfqError, shown
 
-__all__ = ["check_output", "check_writable", "run_directory", "claim_output", "lock_path", "remove_stale_partials"]
+__all__ = ["RECIPE", "is_run_dir", "check_output", "check_writable", "run_directory", "claim_output", "lock_path", "remove_stale_partials"]
+
+RECIPE = "recipe.json"
+"""The file that marks a dfq run directory (what made it; :mod:`dfq.runs` writes it)."""
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory written by dfq (its ``recipe.json`` has a quant config or a
+    distillation record, and the dfq version)."""
+    try:
+        recipe = json.loads((Path(path) / RECIPE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recipe, dict) and ("quant" in recipe or "distill" in recipe) and "dfq" in (recipe.get("versions") or {})
 
 
 def check_output(out: str | Path, overwrite: bool = False) -> None:
@@ -42,7 +56,6 @@ def check_output(out: str | Path, overwrite: bool = False) -> None:
         DfqError: the path may not be written; the message says why in one line.
     """
     from dfq.data import is_calibration_dir
-    from dfq.runs import RECIPE, is_run_dir
 
     if not str(out).strip():
         raise DfqError("--out is empty; name a new directory")

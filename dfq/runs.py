@@ -28,9 +28,11 @@ from dfq.checkpoints import check_finite
 from dfq.config import QuantConfig
 from dfq.errors import DfqError
 from dfq.outputs import (
+    RECIPE,
     check_output,
     check_writable,
     claim_output,
+    is_run_dir,
     lock_path,
     remove_stale_partials,
     run_directory,
@@ -58,7 +60,6 @@ __all__ = [
     "write_report",
 ]
 
-RECIPE = "recipe.json"
 QUANT_STATE = "quant_state.pt"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -78,15 +79,6 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
     }
 
-
-def is_run_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a run directory written by dfq (its ``recipe.json`` has a quant config or a
-    distillation record, and the dfq version)."""
-    try:
-        recipe = json.loads((Path(path) / RECIPE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(recipe, dict) and ("quant" in recipe or "distill" in recipe) and "dfq" in (recipe.get("versions") or {})
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

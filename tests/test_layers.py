@@ -16,7 +16,7 @@ ROOTS = {"dfq": REPO / "dfq", "dfq.calibrators": REPO / "calibrators", "dfq.expo
 FLOORS = {
     **dict.fromkeys(
         ["_lazy", "errors", "numerics", "fp8", "calibrators", "losses", "checkpointing", "checkpoints", "atomic", "signals", "rounding", "augment", "models", "data",
-         "vit", "config", "evaluation", "devices", "loadcheck", "flops", "stats", "sets", "preview", "zoo", "distributed", "_progress", "memory"], 0),  # fmt: skip
+         "vit", "config", "evaluation", "devices", "loadcheck", "flops", "stats", "sets", "preview", "zoo", "distributed", "_progress", "memory", "outputs"], 0),  # fmt: skip
     **dict.fromkeys(["quant", "inversion", "export", "distill"], 1),
     **dict.fromkeys(["runs", "report", "interop"], 2),
     "jobs": 3,
