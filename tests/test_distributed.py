@@ -279,6 +279,18 @@ def test_bad_launch_settings_are_one_error_line(monkeypatch: pytest.MonkeyPatch,
     assert not any(tmp_path.iterdir())
 
 
+def test_a_numbered_gpu_under_torchrun_is_refused_before_any_rendezvous(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank takes cuda:LOCAL_RANK; an explicit cuda:1 was silently replaced by it: now one error line."""
+    import dfq.distributed as D
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(DfqError, match=r"^--device cuda:1 names one GPU, .*\(cuda:LOCAL_RANK\); pass --device cuda$"):
+        with D.session("cuda:1"):
+            pass
+    assert not D.active()
+
+
 def test_histograms_merge_to_the_histogram_of_the_union() -> None:
     from dfq.calibrators._histogram import GrowingHistogram
 

@@ -136,6 +136,9 @@ def _open(job_device: str) -> None:
     if r >= world:
         raise DfqError(f"RANK={r} must be below WORLD_SIZE={world} (torchrun sets both)")
     cuda = job_device.split(":")[0] == "cuda"
+    if cuda and job_device != "cuda":
+        raise DfqError(f"--device {job_device} names one GPU, and under torchrun each process takes its own "
+                       "(cuda:LOCAL_RANK); pass --device cuda")  # fmt: skip
     if cuda:
         if local >= torch.cuda.device_count():
             raise DfqError(f"LOCAL_RANK={local} has no GPU: this machine has {torch.cuda.device_count()}; "
