@@ -85,3 +85,40 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path, tiny_values: dict[st
             assert re.search(r"batch 8: FP32 [0-9.]+ ms, INT8 [0-9.]+ ms per call: [0-9.]+x", done.stdout)
         else:
             assert "'agreement'" in done.stdout and "'kl'" in done.stdout
+
+
+VERSIONS = {"10.16", "11.4", "10.6", "3.11", "3.12", "2.9"}
+"""Numbers in the README that are library or Python versions, not measured figures."""
+FIGURE = re.compile(r"(?<![\w.\-/=])(\d+\.\d+)(?=x\b|[^\w.]|\.(?!\d)|$)")
+
+
+def _figures(text: str) -> list[tuple[int, str]]:
+    """The decimal numbers of ``text`` outside fenced code and indented command lines, with their line."""
+    found, fenced = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced or line.startswith("    "):
+            continue
+        found += [(number, m.group(1)) for m in FIGURE.finditer(line) if m.group(1) not in VERSIONS]
+    return found
+
+
+def test_every_readme_figure_is_one_of_benchmarks_md() -> None:
+    """Issue 15: every figure the README quotes comes from ``make bench``, i.e. stands in BENCHMARKS.md (at
+    the README's precision: 0.09 quotes 0.091); a table regenerated with other figures fails this test
+    until the README says what was measured."""
+    bench = (REPO / "BENCHMARKS.md").read_text()
+    measured = [float(x) for x in FIGURE.findall(bench)]
+    assert len(measured) > 500  # the benchmark tables themselves, not a stub
+    quoted = _figures((REPO / "README.md").read_text())
+    assert len(quoted) >= 15, quoted  # the README's results paragraphs
+    missing = [(n, x) for n, x in quoted
+               if not any(round(m, len(x.split(".")[1])) == float(x) for m in measured)]  # fmt: skip
+    assert not missing, f"README figures (line, value) found nowhere in BENCHMARKS.md: {missing}"
+
+
+def test_the_figure_check_finds_what_it_should() -> None:
+    assert _figures("KL 0.101 at 1.5x (torch 2.9)\n```\n0.5\n```\n    dfq x --lr 0.01\nv1.2.3 and 45.8%") == [
+        (1, "0.101"), (1, "1.5"), (6, "45.8")]  # fmt: skip
