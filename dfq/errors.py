@@ -21,8 +21,19 @@ def shown(text: object, width: int = 80) -> str:
 
     >>> shown("a\\nb")
     'a\\\\nb'
-    >>> shown("x" * 100, width=40)
-    'xxxxxxxxx…xxxxxxxxxx (100 characters)'
+    >>> shown("x" * 100, width=50)
+    'xxxxxxxxx…xxxxxxxxxxxxxxxxxxxx (100 characters)'
+    >>> shown("\x1b" * 30 + "/run/name", width=50)  # cut between characters, the length of the original
+    '\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b…\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b\\\\x1b/run/name (39 characters)'
     """
-    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
-    return text if len(text) <= width else f"{text[: width - 31]}…{text[-10:]} ({len(text)} characters)"
+    raw = str(text)
+    full = _escaped(raw)
+    if len(full) <= width:
+        return full
+    tail = 20  # a path's last characters name the file or run: keep enough of them
+    head = max(width - tail - 21, 8)
+    return f"{_escaped(raw[:head])}…{_escaped(raw[-tail:])} ({len(raw)} characters)"
+
+
+def _escaped(text: str) -> str:
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -46,7 +46,7 @@ def is_run_dir(path: str | Path) -> bool:
 def check_output(out: str | Path, overwrite: bool = False) -> None:
     """Refuse an output path that exists, unless ``overwrite`` and it is a directory dfq wrote.
 
-    ``--force`` replaces only a dfq run (:func:`dfq.runs.is_run_dir`) or calibration set
+    ``--force`` replaces only a dfq run (:func:`is_run_dir`) or calibration set
     (:func:`dfq.data.is_calibration_dir`): never a file, a folder of the user's, the current
     directory or one above it.
 

@@ -112,11 +112,12 @@ def test_killed_rank_fails_cleanly_and_resume_completes(one_process: Calibration
 
 
 def test_a_rank_stops_at_its_next_batch_when_a_peer_failed(tmp_path: Path) -> None:
-    """Rank 1 fails after its first batch; rank 0, still on its first (stalled 4 s), stops at its batch
-    boundary with rank 1's reason instead of inverting its second batch first."""
+    """Rank 1 fails after its first batch; rank 0, still on its first (stalled until rank 1's failure is
+    posted, at most 120 s), stops at its batch boundary with rank 1's reason instead of inverting its
+    second batch first."""
     out = tmp_path / "set"
     first = _launch([*SMI, "--out", str(out)], DFQ_DIST_KILL="1:inversion-batch-1:raise",
-                    DFQ_DIST_STALL="0:inversion-batch-0:4", DFQ_DIST_TIMEOUT="30")  # fmt: skip
+                    DFQ_DIST_STALL="0:inversion-batch-0:120", DFQ_DIST_TIMEOUT="30")  # fmt: skip
     assert [p.returncode for p in first] == [2, 2], first[0].stderr[-3000:]
     assert first[1].stderr.strip() == "error: test hook: rank 1 fails at inversion-batch-1"
     assert first[0].stderr.strip() == ("error: rank 0: the distributed job stopped: rank 1 failed: test hook: rank 1 "
@@ -235,7 +236,7 @@ def test_ddp_ranks_wait_for_a_late_rank_zero_in_the_barrier_not_in_ddp(one_proce
     """Rank 0 stands still at the start for three times the timeout (as while it evaluates step 0 on a
     large eval folder): rank 1 waits on its heartbeat instead of timing out in DDP's first all-reduce."""
     args, out = _distill_args(one_process, tmp_path)
-    _check_run(_launch(args, DFQ_DIST_STALL="0:distill-start:6", DFQ_DIST_TIMEOUT="2"), out)
+    _check_run(_launch(args, DFQ_DIST_STALL="0:distill-start:15", DFQ_DIST_TIMEOUT="5"), out)
 
 
 # ------------------------------------------------------------------------------ one process, no session
@@ -285,10 +286,49 @@ def test_a_numbered_gpu_under_torchrun_is_refused_before_any_rendezvous(monkeypa
 
     for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(DfqError, match=r"^--device cuda:1 names one GPU, .*\(cuda:LOCAL_RANK\); pass --device cuda$"):
+    with pytest.raises(DfqError, match=r"^device cuda:1 names one GPU, .*\(cuda:LOCAL_RANK\); give the device as cuda$"):
         with D.session("cuda:1"):
             pass
     assert not D.active()
+
+
+def test_every_rank_of_a_node_refuses_more_processes_than_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 of two on a node with fewer GPUs refuses too (only the rank without a GPU did; the others
+    waited in the rendezvous until the timeout and then said something else)."""
+    import dfq.distributed as D
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    with pytest.raises(DfqError, match=r"^2 process\(es\) per node, and this machine has 1 GPU\(s\); start at most"):
+        with D.session("cuda"):
+            pass
+    assert not D.active()
+
+
+def test_a_relayed_failure_is_passed_on_once() -> None:
+    """A rank whose own error was news of another's posts the cause, not 'rank 1 failed: rank 1: the job
+    stopped: ...', so a third rank's line names the cause and says --resume once."""
+    from dfq.distributed import _session as S
+
+    class Store:
+        def __init__(self) -> None:
+            self.kv: dict[str, str] = {}
+
+        def compare_set(self, key: str, expected: str, value: str) -> None:
+            self.kv.setdefault(key, value)
+
+    store = Store()
+    S._SESSION = S._Session(1, 3, 1, "cpu", 5.0, "p/", store)
+    try:
+        news = DfqError(S._stopped(1, "rank 2 failed with MemoryError"))
+        S._report_failure(news)
+        assert store.kv["p/failed"] == "rank 2 failed with MemoryError"
+        line = S._stopped(0, store.kv["p/failed"])
+        assert line.count("--resume") == 1 and line.startswith("rank 0: the distributed job stopped: rank 2 failed")
+    finally:
+        S._SESSION = None
 
 
 def test_histograms_merge_to_the_histogram_of_the_union() -> None:

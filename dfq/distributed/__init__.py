@@ -22,7 +22,7 @@ a gloo collective or DistributedDataParallel's all-reduce) end the session as on
 :func:`fault_point` ``(EVENT)`` (``inversion-batch-B``, ``inversion-shared-B``, ``distill-start``,
 ``distill-step-S``), as a killed process would (``RANK:EVENT:raise``: it raises a ``DfqError`` there,
 as a failing job does); ``DFQ_DIST_STALL=RANK:EVENT:SECONDS`` makes it sleep there instead, alive but
-late.
+late (a failure another rank posts meanwhile ends the sleep).
 """
 
 from __future__ import annotations

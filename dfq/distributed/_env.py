@@ -52,7 +52,7 @@ def launched() -> bool:
 def reports() -> bool:
     """Whether this process prints a job's result: a process on its own, or rank 0 of a launch (read
     from the environment, so it holds after the session closed)."""
-    return not launched() or os.environ.get("RANK") == "0"
+    return not launched() or _env_int("RANK") == 0
 
 
 def timeout_seconds() -> float:

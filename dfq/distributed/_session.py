@@ -137,12 +137,13 @@ def _open(job_device: str) -> None:
         raise DfqError(f"RANK={r} must be below WORLD_SIZE={world} (torchrun sets both)")
     cuda = job_device.split(":")[0] == "cuda"
     if cuda and job_device != "cuda":
-        raise DfqError(f"--device {job_device} names one GPU, and under torchrun each process takes its own "
-                       "(cuda:LOCAL_RANK); pass --device cuda")  # fmt: skip
+        raise DfqError(f"device {job_device} names one GPU, and under torchrun each process takes its own "
+                       "(cuda:LOCAL_RANK); give the device as cuda")  # fmt: skip
     if cuda:
-        if local >= torch.cuda.device_count():
-            raise DfqError(f"LOCAL_RANK={local} has no GPU: this machine has {torch.cuda.device_count()}; "
-                           "start at most that many processes per node (--nproc-per-node)")  # fmt: skip
+        per_node = _env_int("LOCAL_WORLD_SIZE", local + 1)  # every rank of the node refuses, not only the last
+        if max(local + 1, per_node) > torch.cuda.device_count():
+            raise DfqError(f"{max(local + 1, per_node)} process(es) per node, and this machine has "
+                           f"{torch.cuda.device_count()} GPU(s); start at most that many (--nproc-per-node)")  # fmt: skip
         torch.cuda.set_device(local)
     delta = datetime.timedelta(seconds=timeout)
     owns = not dist.is_initialized()
@@ -210,8 +211,12 @@ def _report_failure(error: BaseException) -> None:
         why = f"failed: {str(error).splitlines()[0] if str(error) else 'DfqError'}"
     else:
         why = f"failed with {type(error).__name__}"
+    line = f"rank {s.rank} {why}".removesuffix(_RESUME)
+    relayed = f"rank {s.rank} failed: {_stopped(s.rank, '')}".removesuffix(_RESUME)
+    if line.startswith(relayed):  # not this rank's failure but its news of another's: pass the cause on
+        line = line[len(relayed) :]
     try:
-        s.store.compare_set(f"{s.prefix}failed", "", f"rank {s.rank} {why}")
+        s.store.compare_set(f"{s.prefix}failed", "", line)
     except Exception:  # noqa: BLE001 -- the store may be gone too
         pass
 
@@ -236,9 +241,17 @@ def check_peers() -> None:
         return
     who = _failure()
     if who is not None:
-        raise DfqError(
-            f"rank {_SESSION.rank}: the distributed job stopped: {who.removesuffix(_RESUME)}{_RESUME}"
-        )
+        raise DfqError(_stopped(_SESSION.rank, who))
+
+
+def _stopped(rank: int, cause: str) -> str:
+    """The one line a rank says when the job stopped because of ``cause`` (another rank's posted failure,
+    or what this rank saw of it), with the advice to resume said once.
+
+    >>> _stopped(0, "rank 1 failed: out of disk" + _RESUME) == "rank 0: the distributed job stopped: rank 1 failed: out of disk" + _RESUME
+    True
+    """
+    return f"rank {rank}: the distributed job stopped: {cause.removesuffix(_RESUME)}{_RESUME}"
 
 
 def _backend_error(e: BaseException) -> bool:
@@ -256,9 +269,10 @@ def _lost_peer(e: BaseException) -> str:
     except Exception:  # noqa: BLE001
         who = None
     detail = " ".join(str(e).split())[:120]
-    cause = (who or f"another process stopped ({type(e).__name__}: {detail})").removesuffix(_RESUME)
-    here = f"rank {s.rank}: " if s is not None else ""
-    return f"{here}the distributed job stopped: {cause}{_RESUME}"
+    cause = who or f"another process stopped ({type(e).__name__}: {detail})"
+    if s is None:
+        return f"the distributed job stopped: {cause.removesuffix(_RESUME)}{_RESUME}"
+    return _stopped(s.rank, cause)
 
 
 _RESUME = "; run the same command with --resume to continue it"
@@ -267,7 +281,7 @@ _RESUME = "; run the same command with --resume to continue it"
 # ---------------------------------------------------------------------------------------- barrier
 # -------------------------------------------------------------------------------------- collectives
 def barrier() -> None:
-    """Wait until every rank gets here, for as long as the missing ones are alive (module docstring).
+    """Wait until every rank gets here, for as long as the missing ones are alive (:mod:`dfq.distributed`'s docstring).
 
     Raises:
         DfqError: a rank reported a failure or stopped beating for ``DFQ_DIST_TIMEOUT`` seconds.
@@ -299,8 +313,7 @@ def barrier() -> None:
 def _check_peers(s: _Session, seen: dict[int, tuple[int, float]], now: float) -> None:
     failed = _failure()
     if failed:
-        raise DfqError(f"rank {s.rank}: the distributed job stopped because {failed}; "
-                       "run the same command with --resume to continue it")  # fmt: skip
+        raise DfqError(_stopped(s.rank, failed))
     for r in range(s.world):
         count = s.store.add(f"{s.prefix}hb/{r}", 0)  # a rank that never beat yet is timed from the first look
         last = seen.get(r)
@@ -314,7 +327,7 @@ def _check_peers(s: _Session, seen: dict[int, tuple[int, float]], now: float) ->
 
 
 def fault_point(event: str) -> None:
-    """The test hooks (module docstring): leave at once if this rank should die at ``event``
+    """The test hooks (:mod:`dfq.distributed`'s docstring): leave at once if this rank should die at ``event``
     (``DFQ_DIST_KILL``), or stand still there for a while (``DFQ_DIST_STALL``)."""
     if _SESSION is None:
         return
@@ -331,4 +344,6 @@ def fault_point(event: str) -> None:
         who, _, rest = spec.partition(":")
         where, _, seconds = rest.rpartition(":")
         if who.strip() == str(_SESSION.rank) and where.strip() == event:
-            time.sleep(float(seconds))
+            end = time.monotonic() + float(seconds)
+            while time.monotonic() < end and _failure() is None:  # a posted failure ends the stall
+                time.sleep(0.05)

@@ -270,7 +270,7 @@ def _check_launch_matches(path: Path, mine: Path) -> None:
             raise DfqError(f"{path} holds an interrupted one-process run: resume it without torchrun, or delete it")
         return
     ranks = sorted(p for p in path.parent.glob(f"{glob.escape(path.name)}.rank*")
-                   if p.name[len(path.name) + len(".rank"):].isdigit())  # not an atomic writer's temporary file
+                   if p.name[len(path.name) + len(".rank"):].isdigit())  # .rankN only, not a copy beside them
     if ranks and not mine.exists():
         raise DfqError(
             f"{ranks[0]} holds an interrupted run of {len(ranks)} torchrun processes: resume it with torchrun "

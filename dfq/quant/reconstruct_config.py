@@ -14,7 +14,7 @@ _MAX_COUNT = 2**31
 
 @dataclass(frozen=True)
 class ReconstructConfig:
-    """How :func:`reconstruct` trains each unit.
+    """How :func:`dfq.quant.reconstruct.reconstruct` trains each unit.
 
     Attributes:
         iters: Adam steps per unit.
@@ -32,7 +32,7 @@ class ReconstructConfig:
         range_lr: Adam's rate for learned activation ranges (BRECQ: 4e-5).
         drop: QDrop's probability of keeping an activation float during training (0: off; QDrop: 0.5).
         inputs: ``quant`` (the unit sees the quantized model's activations, BRECQ) or ``fp``.
-        units: ``block`` (:data:`BLOCK_TYPES` and the layers outside them) or ``layer`` (every layer alone).
+        units: ``block`` (:data:`dfq.quant.reconstruct.BLOCK_TYPES` and the layers outside them) or ``layer`` (every layer alone).
         views: augmented copies of each calibration image added to the images reconstructed on (0:
             none): each a random resized crop (area 35-100%) and flip of the image
             (:func:`dfq.augment.resized_crop_flip`), drawn once from ``seed``. Few images fit a block's
