@@ -156,10 +156,12 @@ def _load_check(load: dict[str, Any]) -> str:
 
 
 def fakequant_table(reports: Items) -> str:
-    """The float and fake-quant forward medians, their ratio with per-round quartiles and the host syncs of
-    one fake-quant forward: the first step the code before a change, the second after it."""
-    lines = ["| code | float forward | fake-quant forward | fake-quant / float (per-round quartiles) "
-             "| host syncs per fake-quant forward |", "|---|---|---|---|---|"]  # fmt: skip
+    """The float and fake-quant forward medians and their ratio, the per-round ratio's median and quartiles
+    (the ratio of medians can sit outside them), and the host syncs of one fake-quant forward: the first
+    step the code before a change, the second after it."""
+    lines = ["| code | float forward | fake-quant forward | fake-quant / float (ratio of medians) "
+             "| per-round ratio: median (quartiles) | host syncs per fake-quant forward |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     notes = []
     for (_, r, p), when in zip(reports, ("before", "after", *(f"run {i}" for i in range(3, len(reports) + 1))),
                                strict=False):  # fmt: skip
@@ -167,8 +169,9 @@ def fakequant_table(reports: Items) -> str:
         label = when + (f" (`{code['commit'][:7]}`{', with local changes' if code.get('dirty') else ''})"
                         if code.get("commit") else "")  # fmt: skip
         q1, _, q3 = statistics.quantiles(r["per_round_ratio"], n=4)
+        med = statistics.median(r["per_round_ratio"])
         lines.append(f"| {label} | {r['float_ms']:.1f} ms | {r['fakequant_ms']:.1f} ms | {r['fakequant/float']:.2f}x "
-                     f"({q1:.2f}–{q3:.2f}) | {r['host_syncs_per_forward']['fakequant']} |")  # fmt: skip
+                     f"| {med:.2f}x ({q1:.2f}–{q3:.2f}) | {r['host_syncs_per_forward']['fakequant']} |")  # fmt: skip
         notes.append(f"{when}: {r['model']} batch {r['batch_size']}, {r['threads']} threads, {r['rounds']} rounds of "
                      f"{r['iters']} forwards; load {p['load_at_start']:.2f} at the start; its load check: "
                      f"{_load_check(r.get('load', {}))}.")  # fmt: skip

@@ -340,8 +340,8 @@ def test_timing_tables_render_hand_made_reports(tmp_path: Path) -> None:
     now = {**base, "host_syncs_per_forward": {"float": 0, "fakequant": 0}, "code": {"commit": "abcdef0123", "dirty": True},
            "load": {"idle": False, "not_idle_because": ["pid 7 python at 80% of a core"]}}  # fmt: skip
     lines = _render(tmp_path / "fq", "fakequant-overhead", [base, now], loads=(0.3, 0.31)).splitlines()
-    assert lines[2] == "| before (`cd6b316`) | 178.3 ms | 268.4 ms | 1.51x (1.49–1.65) | 148 |"
-    assert lines[3] == "| after (`abcdef0`, with local changes) | 178.3 ms | 268.4 ms | 1.51x (1.49–1.65) | 0 |"
+    assert lines[2] == "| before (`cd6b316`) | 178.3 ms | 268.4 ms | 1.51x | 1.55x (1.49–1.65) | 148 |"
+    assert lines[3] == "| after (`abcdef0`, with local changes) | 178.3 ms | 268.4 ms | 1.51x | 1.55x (1.49–1.65) | 0 |"
     assert lines[6].endswith("load 0.31 at the start; its load check: not idle (pid 7 python at 80% of a core).")
 
     def stage(kept: int, secs: float, gflop: float, n: int, first: int | None = None) -> dict:
