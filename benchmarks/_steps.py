@@ -186,6 +186,11 @@ STEPS: tuple[Step, ...] = (
                                     "w8a8:drop=softmax+q+k+v", "w8a8:calib=noise,site=softmax/minmax", "w4a8:weight=minmax",
                                     "w4a8:site=softmax/minmax", "w4a8", "w4a8:calib=noise", "w4a8-paper",
                                     "w4a8-paper:calib=noise", "--study", "noise-placement", "--json", "{out}/report.json")),
+    # where the W8A8 error sits (one activation site at a time), and the calibration subset's seed at crop 0.875
+    Step("ablate-dt-sites", "ablate.py", ("--model", "deit_tiny", "--study", "sites", "--json", "{out}/report.json")),
+    Step("ablate-dt-seeds", "ablate.py", ("--model", "deit_tiny", "--crop-pct", "0.875", "--variants",
+                                          *(f"w8a8:site=softmax/minmax,seed={s}" for s in range(3)),
+                                          "--json", "{out}/report.json")),
     # MobileNet-v1 0.25 W8A8: the default through the Python API, the variants in one ablate.py process
     Step("mb-api", "mobilenet_api.py", ("--out", "{out}/run", "--json", "{out}/report.json")),
     Step("ablate-mb", "ablate.py", ("--model", "mobilenet_v1_025", "--variants", "w8a8:drop=conv_in+linear_in,bc=0",

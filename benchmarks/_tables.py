@@ -16,6 +16,8 @@ from _tables_extra import (
     cnn_cifar_table,
     cnn_mobilenet_table,
     dt_calib_table,
+    dt_seeds_table,
+    dt_sites_table,
     mobilenet_table,
     noise_placement_table,
     paired_table,
@@ -132,6 +134,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     # DeiT-Tiny and MobileNet-v1 calibration variants on 32 real or noise images
     "dt-calib": (("ablate-dt",), dt_calib_table),
     "noise-placement": (("ablate-dt",), noise_placement_table),
+    "dt-sites": (("ablate-dt-sites",), dt_sites_table),
+    "dt-seeds": (("ablate-dt-seeds",), dt_seeds_table),
     "mobilenet-api": (("mb-api", "ablate-mb"), mobilenet_table),
     # DeiT-Tiny on SMI / dense DeepInversion / real / noise images: the runs, paired, and over subsets
     "smi-calib": (tuple(f"dt-w8a8{n}" for n in ("-real", "-smi", "-smi-dense", "-noise", "-di", "-di-random46",

@@ -85,6 +85,44 @@ def dt_calib_table(reports: Items) -> str:
     return "\n".join(lines)
 
 
+def dt_sites_table(reports: Items) -> str:
+    """Where the W8A8 error sits (``ablate.py --study sites``): one activation site quantized at a time
+    (min/max, the rest float, weights W8), worst first; then the weights alone at 8 and 4 bits."""
+    ((_, r, _),) = reports
+    fp, rows = _ablate_rows(r)
+    every = next(v for v in rows if v.startswith("w8a8:drop=")).split("drop=")[1].split("+")
+    one = []
+    for variant, m in rows.items():
+        if variant.startswith("w8a8:site=softmax/minmax,drop="):
+            (site,) = set(every) - set(variant.split("drop=")[1].split("+"))
+            one.append((m["kl"], f"`{site}` activations (W8 weights)", m))
+    one.sort(key=lambda t: -t[0])
+    weights = [("W8 weights alone (min/max)", rows[f"w8a8:drop={'+'.join(every)}"]),
+               ("W4 weights alone (min/max)", rows[f"w4a8:weight=minmax,drop={'+'.join(every)}"])]  # fmt: skip
+    lines = ["| quantized (the rest float) | top-1 | Δ vs FP | agreement | KL |", "|---|---|---|---|---|"]
+    for label, m in [(label, m) for _, label, m in one] + weights:
+        lines.append(f"| {label} | {100 * m['top1']:.1f} | {_delta(m['top1'], fp['top1'])} | {m['agreement']:.3f} "
+                     f"| {m['kl']:.4f} |")  # fmt: skip
+    return "\n".join([*lines, "", f"FP top-1 {100 * fp['top1']:.1f}, top-5 {100 * fp['top5']:.1f}."])
+
+
+def dt_seeds_table(reports: Items) -> str:
+    """The same W8A8 variant calibrated on 32-image subsets drawn with different seeds (``seed=`` variants),
+    at the crop the step names; the FP row first."""
+    ((_, r, p),) = reports
+    fp, rows = _ablate_rows(r)
+    crop = _arg(p, "--crop-pct", "the model's")
+    lines = ["| calibration subset | top-1 | Δ vs FP | agreement | KL |", "|---|---|---|---|---|",
+             f"| FP (crop_pct {crop}) | {100 * fp['top1']:.1f} | — | — | — |"]  # fmt: skip
+    for variant, m in rows.items():
+        if variant == "fp":
+            continue
+        seed = dict(kv.split("=", 1) for kv in variant.partition(":")[2].split(",") if kv).get("seed", "0")
+        lines.append(f"| `{variant.partition(':')[0]}` min/max, {_arg(p, '--num-calib', '32')} real images, seed {seed} "
+                     f"| {100 * m['top1']:.1f} | {_delta(m['top1'], fp['top1'])} | {m['agreement']:.3f} | {m['kl']:.4f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 NOISE_PLACEMENT: dict[str, tuple[str, ...]] = {
     "": (),
     "image": ("image",),

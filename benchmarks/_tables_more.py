@@ -136,6 +136,11 @@ def mixed_table(reports: Items) -> str:
         lines.append(f"| {label} | {bits:.2f} | {eight} | {size} | {100 * row['top1']:.1f} | {row['agreement']:.3f} "
                      f"| {kl_text(row['kl'])} | {kl_text(row['held_kl'])} |")  # fmt: skip
     lines.append(f"\nCalibrated on the set's first {r['calib_images']} images; held-out KL on its last {r['holdout']}.")
+    for row in planned:  # which layers a small plan keeps at 8 bits, in the network's order
+        if "eight_bit" in row and 0 < len(row["eight_bit"]) <= 12:
+            order = list(row["layers"])
+            names = ", ".join(f"`{n}`" for n in sorted(row["eight_bit"], key=order.index))
+            lines.append(f"8-bit layers at budget {row['budget']:g}: {names}.")
     return "\n".join(lines)
 
 
@@ -323,4 +328,26 @@ def ort_speed_table(reports: Items) -> str:
                      f"`quantize_static` {a['ort_static']}; torch fake-quant dfq {a['dfq_torch_fake_quant']}, "
                      f"dfq_ort {a['dfq_ort_torch_fake_quant']}.")  # fmt: skip
         notes.append(note)
+    notes += _fused_ops_notes([r.get("fused_ops") for _, r, _ in reports])
     return "\n".join(lines + [""] + notes)
+
+
+def _fused_ops_notes(per_run: list[dict[str, dict[str, int]] | None]) -> list[str]:
+    """What ORT runs once it has optimized each graph (op type: count), one line for all runs when they agree.
+
+    >>> _fused_ops_notes([{"dfq_ort": {"QLinearMatMul": 12, "Conv": 1}}] * 2)
+    ["Ops after ORT's graph optimizations (every run): dfq_ort: 1 Conv, 12 QLinearMatMul."]
+    """
+    names = {"fp32": "FP32", "dfq": "dfq", "dfq_ort": "dfq_ort", "ort_static": "ORT `quantize_static`"}
+
+    def line(ops: dict[str, dict[str, int]]) -> str:
+        return "; ".join(f"{names.get(g, g)}: " + ", ".join(f"{n} {op}" for op, n in sorted(c.items()))
+                         for g, c in ops.items())  # fmt: skip
+
+    runs = [(i, ops) for i, ops in enumerate(per_run, 1) if ops]
+    if not runs:
+        return []
+    if all(ops == runs[0][1] for _, ops in runs):
+        where = "every run" if len(runs) > 1 else f"run {runs[0][0]}"
+        return [f"Ops after ORT's graph optimizations ({where}): {line(runs[0][1])}."]
+    return [f"Ops after ORT's graph optimizations, run {i}: {line(ops)}." for i, ops in runs]

@@ -7,6 +7,10 @@ the placement study in docs/quantization.md.
 
     python benchmarks/ablate.py --model deit_tiny --variants w8a8 w8a8:act=percentile w8a8:calib=noise
     python benchmarks/ablate.py --model deit_tiny --study noise-placement
+    python benchmarks/ablate.py --model deit_tiny --study sites   # one activation site at a time
+
+``--study sites`` (:func:`site_study`): W8A8 with only one activation site quantized (min/max, the rest
+float; weights W8), for each site of the preset, then W8 weights alone and W4 weights alone (min/max).
 
 Variant syntax: ``PRESET[:key=value[,key=value...]]`` with keys ``act`` (activation calibrator),
 ``weight`` (weight calibrator), ``calib`` (``real`` | ``noise``), ``seed`` (calibration subset), ``drop`` (sites to remove,
@@ -88,12 +92,28 @@ NOISE_STUDY = [
 ]
 
 
+def site_study(scheme: str = "w8a8") -> list[str]:
+    """One variant per activation site of ``scheme`` with every other site dropped (min/max, the softmax
+    too), then the weights alone at 8 and at 4 bits (min/max).
+
+    >>> v = site_study()
+    >>> v[0].startswith("w8a8:site=softmax/minmax,drop=") and "conv_in" not in v[0].split("drop=")[1].split("+")
+    True
+    >>> v[-2:] == [f"w8a8:drop={v[-1].split('drop=')[1]}", f"w4a8:weight=minmax,drop={v[-1].split('drop=')[1]}"]
+    True
+    """
+    sites = sorted(preset(scheme).act_sites)
+    one = [f"{scheme}:site=softmax/minmax,drop={'+'.join(x for x in sites if x != site)}" for site in sites]
+    every = "+".join(sites)
+    return [*one, f"w8a8:drop={every}", f"w4a8:weight=minmax,drop={every}"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", default=os.environ.get("DFQ_ASSETS", "../shared/assets"))
     ap.add_argument("--model", default="deit_tiny", choices=sorted(MODELS))
     ap.add_argument("--variants", nargs="*", default=[])
-    ap.add_argument("--study", choices=["noise-placement"], default=None)
+    ap.add_argument("--study", choices=["noise-placement", "sites"], default=None)
     ap.add_argument("--crop-pct", type=float, default=None, help="override the model's crop_pct")
     ap.add_argument("--num-calib", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="evaluate on at most this many images")
@@ -134,7 +154,7 @@ def main() -> int:
     fp_m = ev.reference_metrics
     print(f"FP {args.model}: top-1 {fp_m['top1']:.4f} top-5 {fp_m['top5']:.4f} on {len(labels)} images")
     rows = [{"variant": "fp", **fp_m}]
-    variants = args.variants + (NOISE_STUDY if args.study == "noise-placement" else [])
+    variants = args.variants + {"noise-placement": NOISE_STUDY, "sites": site_study(), None: []}[args.study]
     print(f"{'variant':60s} {'top1':>7s} {'Δtop1':>7s} {'agree':>7s} {'KL':>7s} {'sec':>5s}")
     for r in ev.run((v, lambda v=v: build(v)) for v in variants):
         m, dt = r.metrics, r.seconds

@@ -109,7 +109,7 @@ def test_precision_tables_render_hand_made_reports(tmp_path: Path) -> None:
         {"config": "uniform w4a8", "average_bits": 4.0, "top1": 0.76, "agreement": 0.824, "kl": 1.234,
          "held_agreement": 0.406, "held_kl": 0.6407},
         {"config": "mixed, budget 6", "budget": 6.0, "average_bits": 6.0, "weight_bytes": 3_000_000,
-         "eight_bit": ["a", "b"], "layers": {"a": 8, "b": 8, "c": 4, "d": 4},
+         "eight_bit": ["b", "a"], "layers": {"a": 8, "b": 8, "c": 4, "d": 4},
          "sensitivity": [{"name": n, "numel": 1_000_000} for n in "abcd"], "top1": 0.774, "agreement": 0.886,
          "kl": 0.1017, "held_agreement": 0.656, "held_kl": 0.2343},
         {"config": "uniform w8a8", "average_bits": 8.0, "top1": 0.79, "agreement": 0.94, "kl": 0.0293,
@@ -118,6 +118,8 @@ def test_precision_tables_render_hand_made_reports(tmp_path: Path) -> None:
     assert lines[2:5] == ["| uniform W4 | 4.00 | 0 | 2.00 MB | 76.0 | 0.824 | 1.23 | 0.641 |",
                           "| mixed, budget 6 | 6.00 | 2 | 3.00 MB | 77.4 | 0.886 | 0.102 | 0.234 |",
                           "| uniform W8 | 8.00 | all 4 | 4.00 MB | 79.0 | 0.940 | 0.029 | 0.0035 |"]  # fmt: skip
+    assert lines[6:8] == ["Calibrated on the set's first 32 images; held-out KL on its last 32.",
+                          "8-bit layers at budget 6: `a`, `b`."]
 
     def config(model: str, label: str, top1: float, agreement: float, kl: float, held: float) -> dict:
         return {"model": model, "label": label, "top1": top1, "agreement": agreement, "kl": kl,
@@ -229,6 +231,31 @@ def test_ablate_tables_render_hand_made_reports(tmp_path: Path) -> None:
     assert lines[2:5] == ["| W8A8 min/max, no bias correction | 50.8 | −6.2 | 0.770 | 0.1900 |",
                           "| W8A8 min/max + bias correction (default) | 56.2 | −0.8 | 0.862 | 0.0608 |",
                           "| W8A8 MSE activations + bias correction | 57.0 | 0.0 | 0.852 | 0.0635 |"]  # fmt: skip
+
+
+def test_site_and_seed_tables_render_hand_made_reports(tmp_path: Path) -> None:
+    variants = importlib.import_module("ablate").site_study()  # the study's own variant names
+    kls = {"softmax": 0.0233, "fc2_in": 0.0102, "q": 0.002}
+    every = variants[-2].split("drop=")[1].split("+")
+    rows = [{"variant": "fp", "top1": 0.792, "top5": 0.952}]
+    for v in variants[:-2]:
+        (site,) = set(every) - set(v.split("drop=")[1].split("+"))
+        rows.append(_row(v, 0.79, 0.95, kls.get(site, 0.001)))
+    rows += [_row(variants[-2], 0.792, 0.99, 0.0005), _row(variants[-1], 0.712, 0.8, 0.2982)]
+    lines = _render(tmp_path / "sites", "dt-sites", [rows]).splitlines()
+    assert lines[2:5] == ["| `softmax` activations (W8 weights) | 79.0 | −0.2 | 0.950 | 0.0233 |",
+                          "| `fc2_in` activations (W8 weights) | 79.0 | −0.2 | 0.950 | 0.0102 |",
+                          "| `q` activations (W8 weights) | 79.0 | −0.2 | 0.950 | 0.0020 |"]  # fmt: skip
+    assert len([x for x in lines if x.startswith("| `")]) == len(every) == 12  # one row per activation site
+    assert lines[2 + 12:2 + 12 + 4] == ["| W8 weights alone (min/max) | 79.2 | 0.0 | 0.990 | 0.0005 |",
+                                        "| W4 weights alone (min/max) | 71.2 | −8.0 | 0.800 | 0.2982 |", "",
+                                        "FP top-1 79.2, top-5 95.2."]  # fmt: skip
+    seeds = [{"variant": "fp", "top1": 0.798, "top5": 0.95}, _row("w8a8:site=softmax/minmax,seed=0", 0.782, 0.93, 0.0372),
+             _row("w8a8:site=softmax/minmax,seed=2", 0.782, 0.93, 0.0401)]  # fmt: skip
+    lines = _render(tmp_path / "seeds", "dt-seeds", [seeds]).splitlines()
+    assert lines[2:5] == ["| FP (crop_pct the model's) | 79.8 | — | — | — |",
+                         "| `w8a8` min/max, 32 real images, seed 0 | 78.2 | −1.6 | 0.930 | 0.0372 |",
+                         "| `w8a8` min/max, 32 real images, seed 2 | 78.2 | −1.6 | 0.930 | 0.0401 |"]  # fmt: skip
 
 
 def _calibrate_report(numerics: str, top1: float, agreement: float, kl: float) -> dict:
