@@ -25,6 +25,7 @@ MB_CMI_S1 = f"{SETS}/cmi-mb-s1"
 MB_CMI64 = f"{SETS}/cmi-mb-64"
 MB_CMI_S2, MB_CMI96 = f"{SETS}/cmi-mb-s2", f"{SETS}/cmi-mb-96"
 DEIT_SMI4K, DEIT_SMI4K_S1, DEIT_DI4K = f"{SETS}/smi4k-dt", f"{SETS}/smi4k-dt-s1", f"{SETS}/di4k-dt"
+DEIT_SMI4K64 = f"{SETS}/smi4k-dt-64"
 CIFAR_DI = f"{SETS}/di200-cifar512"
 DEIT_WEIGHTS, SAMPLE = "{assets}/weights/deit_tiny_patch16_224.pth", "{assets}/data/imagenet-sample/val"
 # the shared assets (``make bench`` sets DFQ_ASSETS), for the scripts that take their paths: ``{assets}``
@@ -221,6 +222,14 @@ STEPS: tuple[Step, ...] = (
                                               *(f"{BENCH_DIR}/{n}/{n}" for n in ("dt-w8a8-di", "dt-w8a8-smi",
                                                 "dt-w8a8-smi-dense", "dt-w8a8-real", "dt-w8a8-noise")),
                                               "--json", "{out}/report.json")),
+    # 64 SMI images (both 4000-iteration seeds merged), calibrated and paired against dense DeepInversion's 32
+    Step("set-deit-smi64", "merge_sets.py", (DEIT_SMI4K64, DEIT_SMI4K, DEIT_SMI4K_S1)),
+    dfq_calibrate("dt-w8a8-smi64", "--calib-set", DEIT_SMI4K64, "--kept-tokens"),
+    dfq_calibrate("dt-w8a8-smi64-dense", "--calib-set", DEIT_SMI4K64, "--dense-calibration"),
+    Step("paired-dt-w8a8-smi64", "paired_runs.py", ("--model", "deit_tiny",
+                                                    *(f"{BENCH_DIR}/{n}/{n}" for n in ("dt-w8a8-di", "dt-w8a8-smi64",
+                                                                                       "dt-w8a8-smi64-dense")),
+                                                    "--json", "{out}/report.json")),
     Step("calib-variance-dt", "calib_variance.py", ("--model", "deit_tiny", "--subset", "16", "--draws", "8",
                                                     f"di={DEIT_DI4K}", f"smi={DEIT_SMI4K}", f"smi-s1={DEIT_SMI4K_S1}",
                                                     f"smi-dense={DEIT_SMI4K}:dense", f"smi-s1-dense={DEIT_SMI4K_S1}:dense",
@@ -263,5 +272,7 @@ STEPS: tuple[Step, ...] = (
                                            "--threads", "2", *extra, "--json", "{out}/report.json"), timed=True)
       for name, extra in (("fq-overhead-before", ("--code", "cd6b316")), ("fq-overhead-now", ()))),
     Step("inversion-speed-deit-base", "dfq", ("bench", "inversion", "--model", "deit_base", "--no-pretrained",
+                                              "--batch-size", "32", "--device", "cpu", "--json"), timed=True),
+    Step("inversion-speed-deit-tiny", "dfq", ("bench", "inversion", "--model", "deit_tiny", "--no-pretrained",
                                               "--batch-size", "32", "--device", "cpu", "--json"), timed=True),
 )  # fmt: skip

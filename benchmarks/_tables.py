@@ -141,6 +141,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     "smi-calib": (tuple(f"dt-w8a8{n}" for n in ("-real", "-smi", "-smi-dense", "-noise", "-di", "-di-random46",
                   "-di-attention46", "-paper-real", "-paper-smi", "-paper-noise", "-paper-di")), smi_calib_table),
     "smi-paired": (("paired-dt-w8a8",), paired_table),
+    "smi64-calib": (("dt-w8a8-smi64", "dt-w8a8-smi64-dense"), smi_calib_table),
+    "smi64-paired": (("paired-dt-w8a8-smi64",), paired_table),
     "calib-variance": (("calib-variance-dt",), variance_table),
     # BN CNNs on inverted images; CIFAR-10 KD and the DeiT-Tiny linear probe (issue 12)
     "cnn-cifar": (("cnn-resnet56",), cnn_cifar_table),
@@ -154,6 +156,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[tuple[str, Report, Repor
     # timings, each step alone: fake-quant forward before/after the host-sync removal, inversion speed
     "fakequant-overhead": (("fq-overhead-before", "fq-overhead-now"), fakequant_table),
     "inversion-speed": (("inversion-speed-deit-base",), inversion_speed_table),
+    "inversion-speed-tiny": (("inversion-speed-deit-tiny",), inversion_speed_table),
 }  # fmt: skip
 """table name -> (the steps it reads, its renderer)."""
 

@@ -201,6 +201,8 @@ SMI_RUNS: dict[str, str] = {
     "dt-w8a8-di": "dense DeepInversion (same loop, no pruning)",
     "dt-w8a8-di-random46": "dense DeepInversion, 46 random patches per image kept in calibration",
     "dt-w8a8-di-attention46": "dense DeepInversion, 46 top-attention patches kept in calibration",
+    "dt-w8a8-smi64": "SMI (seeds 0 and 1), kept tokens only",
+    "dt-w8a8-smi64-dense": "SMI (seeds 0 and 1), all tokens",
 }
 """``dfq calibrate`` steps (trt numerics; their ``-paper`` twins drop the parenthesis) -> calibration images."""
 
@@ -225,7 +227,8 @@ def smi_calib_table(reports: Items) -> str:
 
 PAIRED_NAMES = {"dt-w8a8-di": "dense DeepInversion", "dt-w8a8-smi": "SMI, kept tokens",
                 "dt-w8a8-smi-dense": "SMI, all tokens", "dt-w8a8-real": "real images",
-                "dt-w8a8-noise": "Gaussian noise"}  # fmt: skip
+                "dt-w8a8-noise": "Gaussian noise", "dt-w8a8-smi64": "64 SMI images, kept tokens",
+                "dt-w8a8-smi64-dense": "64 SMI images, all tokens"}  # fmt: skip
 
 
 def paired_table(reports: Items) -> str:
@@ -264,9 +267,10 @@ def variance_table(reports: Items) -> str:
     parts = "halves" if 2 * sub == whole else f"draws of {sub}"
     short = VARIANCE_NAMES.get(base, (base, base))[1]
     lines = [f"| source | whole set ({whole}) | {draws} {parts}: mean ± sd (min–max) | − {short}, same draws: mean "
-             "(min–max) |", "|---|---|---|---|"]  # fmt: skip
+             f"(min–max) | top-1 over the {parts}: mean (min–max) |", "|---|---|---|---|---|"]  # fmt: skip
     for s in sources:
         k = kls[s]
+        top1 = [100 * row["top1"] for row in rows if row["source"] == s and row["draw"] != "all"]
         sd = statistics.stdev(k) if len(k) > 1 else 0.0
         diffs = [a - b for a, b in zip(k, kls[base], strict=True)]
         diff = (
@@ -275,8 +279,32 @@ def variance_table(reports: Items) -> str:
             else f"{signed(statistics.mean(diffs), 4)} ({signed(min(diffs), 4)}…{signed(max(diffs), 4)})"
         )
         lines.append(f"| {VARIANCE_NAMES.get(s, (s,))[0]} | {full[s]['kl']:.4f} | {statistics.mean(k):.4f} ± {sd:.4f} "
-                     f"({min(k):.4f}–{max(k):.4f}) | {diff} |")  # fmt: skip
-    return "\n".join(lines)
+                     f"({min(k):.4f}–{max(k):.4f}) | {diff} | {statistics.mean(top1):.1f} ({min(top1):.1f}–{max(top1):.1f}) |")  # fmt: skip
+    return "\n".join(lines + _range_notes(r.get("ranges"), r.get("range_threshold", 1.5)))
+
+
+def _range_notes(ranges: dict[str, dict[str, float]] | None, threshold: float) -> list[str]:
+    """The activation sites whose whole-set range differs from the first source's by more than ``threshold``
+    for some source, with every source's ratio; then the largest ratio elsewhere.
+
+    >>> _range_notes({"di": {"a": 1.0, "b": 2.0}, "smi": {"a": 2.5, "b": 2.2}}, 1.5)[2:]
+    ['- `a`: smi 2.50x', 'Every other site within 1.10x–1.10x of di for every source.']
+    """
+    if not ranges:
+        return []
+    base, *others = ranges
+    off, rest = [], []
+    for site, ref in ranges[base].items():
+        ratios = {n: ranges[n][site] / ref for n in others if site in ranges[n]}
+        if any(x > threshold or x < 1 / threshold for x in ratios.values()):
+            off.append(f"- `{site}`: " + ", ".join(f"{n} {x:.2f}x" for n, x in ratios.items()))
+        else:
+            rest += ratios.values()
+    out = ["", f"Whole-set activation ranges against {base}'s, sites off by more than {threshold:g}x for some source:"]
+    out += off or ["- none"]
+    if rest:
+        out.append(f"Every other site within {min(rest):.2f}x–{max(rest):.2f}x of {base} for every source.")
+    return out
 
 
 # --- BN CNNs calibrated on inverted images vs noise vs real (cnn_inversion.py) ---------------------------

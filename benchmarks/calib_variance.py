@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     print_range_ratios(ranges, args.range_threshold)
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"assets": str(args.assets), "json": str(args.json)},
-                                         "rows": rows}, indent=1))
+                                         "rows": rows, "ranges": ranges, "range_threshold": args.range_threshold},
+                                        indent=1))
     return 0
 
 

@@ -288,9 +288,16 @@ def test_smi_tables_render_hand_made_reports(tmp_path: Path) -> None:
             for s, kls in (("di", (0.0274, 0.0256, 0.026)), ("smi", (0.0437, 0.037, 0.038)))
             for d, kl in zip(("all", 0, 1), kls, strict=True)]  # fmt: skip
     lines = _render(tmp_path / "variance", "calib-variance", [{"rows": rows}]).splitlines()
-    assert lines[0] == "| source | whole set (32) | 2 halves: mean ± sd (min–max) | − DI, same draws: mean (min–max) |"
-    assert lines[2:4] == ["| dense DeepInversion | 0.0274 | 0.0258 ± 0.0003 (0.0256–0.0260) | — |",
-                          "| SMI seed 0, kept tokens | 0.0437 | 0.0375 ± 0.0007 (0.0370–0.0380) | +0.0117 (+0.0114…+0.0120) |"]  # fmt: skip
+    assert lines[0] == ("| source | whole set (32) | 2 halves: mean ± sd (min–max) | − DI, same draws: mean (min–max) "
+                        "| top-1 over the halves: mean (min–max) |")  # fmt: skip
+    assert lines[2:4] == ["| dense DeepInversion | 0.0274 | 0.0258 ± 0.0003 (0.0256–0.0260) | — | 79.0 (79.0–79.0) |",
+                          "| SMI seed 0, kept tokens | 0.0437 | 0.0375 ± 0.0007 (0.0370–0.0380) | +0.0117 (+0.0114…+0.0120) "
+                          "| 79.0 (79.0–79.0) |"]  # fmt: skip
+    ranges = {"di": {"blocks.3.attn.softmax": 0.4, "blocks.0.fc2_in": 10.0}, "smi": {"blocks.3.attn.softmax": 0.6,
+              "blocks.0.fc2_in": 12.0}}  # fmt: skip
+    lines = _render(tmp_path / "variance2", "calib-variance", [{"rows": rows, "ranges": ranges, "range_threshold": 1.4}])
+    assert ("sites off by more than 1.4x for some source:\n- `blocks.3.attn.softmax`: smi 1.50x\n"
+            "Every other site within 1.20x–1.20x of di for every source.") in lines
 
 
 def test_cnn_tables_render_hand_made_reports(tmp_path: Path) -> None:
