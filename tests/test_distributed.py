@@ -181,9 +181,13 @@ def test_statistics_merge_across_ranks_and_cmi_shares_its_bank(tmp_path: Path) -
                 torch.testing.assert_close(merged[key], want, rtol=1e-4, atol=1e-6)
             elif name == "minmax" or ".weight_quantizer." in key:
                 assert torch.equal(merged[key], want), (name, key)  # all-reduced min/max: exact
-            else:  # histograms re-binned once per rank vs batch by batch: about a bin width apart
+            else:  # histograms re-binned once per rank vs batch by batch
                 span = (union[key.rsplit(".", 1)[0] + ".hi"] - union[key.rsplit(".", 1)[0] + ".lo"]).abs().max()
-                assert (merged[key] - want).abs().max() <= 0.02 * span + 1e-6, (name, key, merged[key], want)
+                # percentile and mse land within a bin width (2048 bins; measured: identical); entropy's
+                # threshold is the argmin of a KL curve, which a re-binned count can move by tens of bins
+                # (measured: 35 bins, 1.7% of the span, at the classifier's input), so it gets 2% of the span
+                tol = 0.02 * span if name == "entropy" else span / 2048
+                assert (merged[key] - want).abs().max() <= tol + 1e-6, (name, key, merged[key], want)
     a, b = ranks
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"]) and len(a["images"]) == 6
     assert a["bank"]["n_updates"] == b["bank"]["n_updates"] == 6  # every batch's rows, once, in every bank
