@@ -233,7 +233,8 @@ STEPS: tuple[Step, ...] = (
     Step("calib-variance-dt", "calib_variance.py", ("--model", "deit_tiny", "--subset", "16", "--draws", "8",
                                                     f"di={DEIT_DI4K}", f"smi={DEIT_SMI4K}", f"smi-s1={DEIT_SMI4K_S1}",
                                                     f"smi-dense={DEIT_SMI4K}:dense", f"smi-s1-dense={DEIT_SMI4K_S1}:dense",
-                                                    "real=real", "--json", "{out}/report.json")),
+                                                    "real=real", "--range-threshold", "1.5", "--json",
+                                                    "{out}/report.json")),
     # BN CNNs calibrated on inverted images vs noise vs real (each source made in the step)
     Step("cnn-resnet56", "cnn_inversion.py", ("--model", "resnet56", "--sources", "real", "noise", "cmi",
                                               "deepinversion", "--num-images", "64", "--eval-images", "846", "--set",

@@ -90,7 +90,7 @@ def dt_sites_table(reports: Items) -> str:
     (min/max, the rest float, weights W8), worst first; then the weights alone at 8 and 4 bits."""
     ((_, r, _),) = reports
     fp, rows = _ablate_rows(r)
-    every = next(v for v in rows if v.startswith("w8a8:drop=")).split("drop=")[1].split("+")
+    every = next(v for v in rows if v.startswith("w8a8:drop=")).split("drop=")[1].split("+")  # the preset's sites
     one = []
     for variant, m in rows.items():
         if variant.startswith("w8a8:site=softmax/minmax,drop="):
@@ -280,7 +280,7 @@ def variance_table(reports: Items) -> str:
         )
         lines.append(f"| {VARIANCE_NAMES.get(s, (s,))[0]} | {full[s]['kl']:.4f} | {statistics.mean(k):.4f} ± {sd:.4f} "
                      f"({min(k):.4f}–{max(k):.4f}) | {diff} | {statistics.mean(top1):.1f} ({min(top1):.1f}–{max(top1):.1f}) |")  # fmt: skip
-    return "\n".join(lines + _range_notes(r.get("ranges"), r.get("range_threshold", 1.5)))
+    return "\n".join(lines + _range_notes(r.get("ranges"), r.get("range_threshold", 1.25)))
 
 
 def _range_notes(ranges: dict[str, dict[str, float]] | None, threshold: float) -> list[str]:

@@ -239,15 +239,15 @@ def test_site_and_seed_tables_render_hand_made_reports(tmp_path: Path) -> None:
     every = variants[-2].split("drop=")[1].split("+")
     rows = [{"variant": "fp", "top1": 0.792, "top5": 0.952}]
     for v in variants[:-2]:
-        (site,) = set(every) - set(v.split("drop=")[1].split("+"))
+        (site,) = set(every) - set(v.split("drop=")[1].split("+"))  # every ViT site, not conv_in/linear_in
         rows.append(_row(v, 0.79, 0.95, kls.get(site, 0.001)))
     rows += [_row(variants[-2], 0.792, 0.99, 0.0005), _row(variants[-1], 0.712, 0.8, 0.2982)]
     lines = _render(tmp_path / "sites", "dt-sites", [rows]).splitlines()
     assert lines[2:5] == ["| `softmax` activations (W8 weights) | 79.0 | −0.2 | 0.950 | 0.0233 |",
                           "| `fc2_in` activations (W8 weights) | 79.0 | −0.2 | 0.950 | 0.0102 |",
                           "| `q` activations (W8 weights) | 79.0 | −0.2 | 0.950 | 0.0020 |"]  # fmt: skip
-    assert len([x for x in lines if x.startswith("| `")]) == len(every) == 12  # one row per activation site
-    assert lines[2 + 12:2 + 12 + 4] == ["| W8 weights alone (min/max) | 79.2 | 0.0 | 0.990 | 0.0005 |",
+    assert len([x for x in lines if x.startswith("| `")]) == len(variants) - 2 == 10  # one row per ViT site
+    assert lines[2 + 10:2 + 10 + 4] == ["| W8 weights alone (min/max) | 79.2 | 0.0 | 0.990 | 0.0005 |",
                                         "| W4 weights alone (min/max) | 71.2 | −8.0 | 0.800 | 0.2982 |", "",
                                         "FP top-1 79.2, top-5 95.2."]  # fmt: skip
     seeds = [{"variant": "fp", "top1": 0.798, "top5": 0.95}, _row("w8a8:site=softmax/minmax,seed=0", 0.782, 0.93, 0.0372),
