@@ -1,7 +1,8 @@
 """A synthetic calibration set of one of the benchmark models (the shared weights), made when missing.
 
 ``dfq invert``'s job through :func:`_sets.synthetic_set`, so MobileNet-v1 (built in Python) works as DeiT-Tiny
-does; an existing set is left as it is, and an interrupted one continues from ``OUT.ckpt``::
+does; an existing set is left as it is, and an interrupted one (Ctrl-C, or SIGTERM as ``make bench``'s
+stop or a session's end sends it: exit 130/143 after the checkpoint is written) continues from ``OUT.ckpt``::
 
     python benchmarks/make_set.py --model deit_tiny --method deepinversion --num-images 32 --set iterations=200 \\
         --out runs/sets/di200-dt
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,5 +40,18 @@ def main() -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an interrupt, so the inversion loop writes its checkpoint as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        print("make_set: stopped; run the same command again to continue from the checkpoint", file=sys.stderr)
+        sys.exit(143 if isinstance(e, _Terminated) else 130)
