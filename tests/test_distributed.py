@@ -119,7 +119,7 @@ def test_a_rank_stops_at_its_next_batch_when_a_peer_failed(tmp_path: Path) -> No
     first = _launch([*SMI, "--out", str(out)], DFQ_DIST_KILL="1:inversion-batch-1:raise",
                     DFQ_DIST_STALL="0:inversion-batch-0:120", DFQ_DIST_TIMEOUT="30")  # fmt: skip
     assert [p.returncode for p in first] == [2, 2], first[0].stderr[-3000:]
-    assert first[1].stderr.strip() == "error: test hook: rank 1 fails at inversion-batch-1"
+    assert first[1].stderr.strip() == "error: rank 1: test hook: rank 1 fails at inversion-batch-1"
     assert first[0].stderr.strip() == ("error: rank 0: the distributed job stopped: rank 1 failed: test hook: rank 1 "
                                        "fails at inversion-batch-1; run the same command with --resume to continue it")
     state = torch.load(tmp_path / "set.ckpt.rank0", weights_only=False)
@@ -265,7 +265,7 @@ def test_a_bad_timeout_is_one_error_line_before_any_rendezvous(monkeypatch: pyte
                        "DFQ_DIST_TIMEOUT": "-1"}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
     code, out, err = run_cli([*SMI, "--out", str(tmp_path / "s")])
-    assert code == 2 and err.strip() == "error: DFQ_DIST_TIMEOUT='-1' must be a positive number of seconds"
+    assert code == 2 and err.strip() == "error: rank 0: DFQ_DIST_TIMEOUT='-1' must be a positive number of seconds"
     assert out == "" and not any(tmp_path.iterdir())
 
 
@@ -273,7 +273,7 @@ def test_a_bad_timeout_is_one_error_line_before_any_rendezvous(monkeypatch: pyte
     ({"RANK": "one"}, "error: RANK='one' must be a non-negative integer (torchrun sets it)"),
     ({"WORLD_SIZE": "2.5"}, "error: WORLD_SIZE='2.5' must be a non-negative integer (torchrun sets it)"),
     ({"RANK": "3"}, "error: RANK=3 must be below WORLD_SIZE=2 (torchrun sets both)"),
-    ({"DFQ_DIST_TIMEOUT": "1e14"}, "error: DFQ_DIST_TIMEOUT='1e14' is more than a week (604800 s); give at most that"),
+    ({"DFQ_DIST_TIMEOUT": "1e14"}, "error: rank 0: DFQ_DIST_TIMEOUT='1e14' is more than a week (604800 s); give at most that"),
 ])  # fmt: skip
 def test_bad_launch_settings_are_one_error_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict,
                                                 message: str) -> None:
@@ -281,6 +281,28 @@ def test_bad_launch_settings_are_one_error_line(monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setenv(key, value)
     code, out, err = run_cli([*SMI, "--out", str(tmp_path / "s")])
     assert (code, err.strip()) == (2, message) and out == ""
+    assert not any(tmp_path.iterdir())
+
+
+NO_GPU = "--device cuda requested but CUDA is not available; use --device cpu"
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({"RANK": "1"}, f"error: rank 1: {NO_GPU}"),
+    ({"RANK": "0"}, f"error: rank 0: {NO_GPU}"),
+    ({"RANK": "one"}, f"error: {NO_GPU}"),  # the rank cannot be read: the line as one process says it
+    ({"WORLD_SIZE": "1"}, f"error: {NO_GPU}"),  # one process: no rank to name
+])  # fmt: skip
+def test_a_launched_process_names_its_rank_in_its_error_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             env: dict, line: str) -> None:
+    """torchrun prints every rank's stderr on one terminal: each error line says whose it is (here an
+    error found before any rendezvous, so one process can play rank 1)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", **env}.items():
+        monkeypatch.setenv(key, value)
+    args = [a if a != "cpu" else "cuda" for a in SMI]
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "s")])
+    assert (code, err.strip()) == (2, line) and out == ""
     assert not any(tmp_path.iterdir())
 
 

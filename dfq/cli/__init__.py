@@ -11,7 +11,8 @@ symlink loop, wherever it is first touched; ``tests/test_cli_fuzz.py`` fuzzes ev
 inversion at the current iteration with a resumable checkpoint (``dfq invert ... --resume``,
 ``dfq calibrate ... --resume``). A full disk is reported the same way (``error: no space left on device
 writing ...``, exit 2). Notes the job goes on after (fewer images in a folder than asked) are one
-``note: ...`` line each. Progress bars are drawn only when stderr is a terminal (``DFQ_PROGRESS=1``
+``note: ...`` line each. Under torchrun each process's error line starts with its rank
+(``error: rank 1: ...``). Progress bars are drawn only when stderr is a terminal (``DFQ_PROGRESS=1``
 forces them on, ``0`` off: :mod:`dfq._progress`).
 Commands that produce figures print them as JSON with ``--json`` (for pipelines).
 
@@ -40,6 +41,7 @@ from dfq.cli._common import _model_options as _model_options  # re-exported: the
 from dfq.cli._common import _pct as _pct
 from dfq.cli._common import _print as _print
 from dfq.cli._common import bound_integers
+from dfq.distributed import ranked
 from dfq.errors import DfqError, DfqWarning, shown
 
 __all__ = ["cli", "main"]
@@ -114,16 +116,16 @@ class _DfqGroup(click.Group):
         except DfqError as e:
             if os.environ.get("DFQ_DEBUG"):
                 raise
-            click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+            click.echo(f"error: {ranked(str(e).splitlines()[0] if str(e) else type(e).__name__)}", err=True)
             ctx.exit(2)
         except OSError as e:  # a full disk wherever it struck (dfq's own writers say it as a DfqError)
             if os.environ.get("DFQ_DEBUG"):
                 raise
             if is_out_of_space(e):
-                click.echo(f"error: {out_of_space_error(e.filename or 'a file')}", err=True)
+                click.echo(f"error: {ranked(out_of_space_error(e.filename or 'a file'))}", err=True)
             elif e.errno in _PATH_ERRNOS and e.filename is not None:  # a path of the command line
                 reason = (e.strerror or "unusable path").lower()
-                click.echo(f"error: {shown(e.filename)}: {reason}", err=True)
+                click.echo(f"error: {ranked(f'{shown(e.filename)}: {reason}')}", err=True)
             else:
                 raise
             ctx.exit(2)

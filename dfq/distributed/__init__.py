@@ -27,7 +27,7 @@ late (a failure another rank posts meanwhile ends the sleep).
 
 from __future__ import annotations
 
-from dfq.distributed._env import KILL_ENV, STALL_ENV, TIMEOUT_ENV, launched, reports, timeout_seconds
+from dfq.distributed._env import KILL_ENV, STALL_ENV, TIMEOUT_ENV, launched, ranked, reports, timeout_seconds
 from dfq.distributed._session import (
     active,
     barrier,
@@ -60,6 +60,7 @@ __all__ = [
     "STALL_ENV",
     "launched",
     "reports",
+    "ranked",
     "timeout_seconds",
     "session",
     "active",

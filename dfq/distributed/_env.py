@@ -55,6 +55,23 @@ def reports() -> bool:
     return not launched() or _env_int("RANK") == 0
 
 
+def ranked(message: str) -> str:
+    """``message`` as one process of a launch says it: ``rank R: message``, so that the error lines of
+    several ranks, which torchrun prints on one terminal, say whose they are. Unchanged for a process on
+    its own, when the launcher's variables cannot be read (their own error says so), and when the
+    message already starts with this rank (``rank 0: rank 1 has not answered ...``).
+    """
+    try:
+        if not launched():
+            return message
+        r, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+    except DfqError:
+        return message
+    if r >= world or message.startswith(f"rank {r}:"):
+        return message
+    return f"rank {r}: {message}"
+
+
 def timeout_seconds() -> float:
     """``DFQ_DIST_TIMEOUT`` in seconds (default 60).
 
