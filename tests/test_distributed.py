@@ -126,6 +126,30 @@ def test_a_rank_stops_at_its_next_batch_when_a_peer_failed(tmp_path: Path) -> No
     assert state["batch"] == 1 and state["iteration"] == 0  # its second batch (global batch 2) never started
 
 
+CMI = ["invert", "--model", "test_resnet", "--no-pretrained", "--device", "cpu", "--method", "cmi", "--num-images", "8",
+       "--seed", "3", "--set", "batch_size=2", "--set", "iterations=3", "--set", "ngf=8"]  # fmt: skip
+
+
+def test_a_cmi_rank_one_exchange_behind_takes_the_bank_of_a_rank_ahead(tmp_path: Path) -> None:
+    """Rank 1 dies right after the bank exchange of its first batch, before its checkpoint moves past it;
+    rank 0 goes on to its second batch and stops at the next exchange. On resume rank 1 is one exchange
+    behind: it takes rank 0's bank instead of adding that round's rows again, and the set is an
+    uninterrupted 2-rank run's bit for bit."""
+    whole = tmp_path / "whole"
+    assert [p.returncode for p in _launch([*CMI, "--out", str(whole)])] == [0, 0]
+    out = tmp_path / "set"
+    first = _launch([*CMI, "--out", str(out)], DFQ_DIST_KILL="1:inversion-shared-1", DFQ_DIST_TIMEOUT="5")
+    assert [p.returncode for p in first] == [2, 1], first[0].stderr[-3000:]
+    behind = torch.load(tmp_path / "set.ckpt.rank1", weights_only=False)
+    ahead = torch.load(tmp_path / "set.ckpt.rank0", weights_only=False)
+    assert (behind["batch"], behind["iteration"]) == (0, 3)  # its first batch done, the exchange not recorded
+    assert (ahead["batch"], ahead["iteration"]) == (1, 3)  # its second batch done, the next exchange failed
+    second = _launch([*CMI, "--out", str(out), "--resume"])
+    assert [p.returncode for p in second] == [0, 0], second[0].stderr[-3000:] + second[1].stderr[-3000:]
+    a, b = CalibrationSet.load(whole), CalibrationSet.load(out)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and len(b) == 8
+
+
 # --------------------------------------------------------------------- calibration and CMI on 2 ranks
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
 

@@ -75,6 +75,8 @@ class Shards:
                 f"the ranks' inversion checkpoints disagree (batch positions {positions} per rank); "
                 "delete every PATH.rank* checkpoint to start over"
             )
+        if min(positions) == ahead:  # every rank stopped after the same exchange: nothing to hand over
+            return
         src = positions.index(ahead)
         state = distributed.broadcast_object(to_cpu(task.shared_state(task_state)) if self.rank == src else None, src)
         if pos < ahead:
