@@ -15,12 +15,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _assets import MODELS, default_assets, load  # noqa: E402
 from _sets import synthetic_set  # noqa: E402
+
+from dfq.cli import _raise_terminated, _Terminated  # noqa: E402  (the CLI's SIGTERM-as-interrupt, shared)
 
 
 def main() -> int:
@@ -38,14 +39,6 @@ def main() -> int:
                           assets=args.assets)  # fmt: skip
     print(f"{args.out}: {len(calib)} images by {calib.provenance.get('method')}")
     return 0
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM raised as an interrupt, so the inversion loop writes its checkpoint as on Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
 
 
 if __name__ == "__main__":
