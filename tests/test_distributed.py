@@ -2,9 +2,9 @@
 
 ``torchrun --nproc-per-node 2 -m dfq invert`` writes one merged set equal to a one-process run; a rank
 killed mid-run makes the others fail with one ``error:`` line (no hang) and ``--resume`` completes the
-job; calibration statistics merged over 2 ranks equal one process on the union of the data; CMI's
-banks stay equal across ranks and hold every batch; a DDP distillation's loss falls (its kill-and-resume
-is marked slow: ``-m slow``). Ranks are plain subprocesses with torchrun's environment (``_launch``)
+job; a sharded CMI rank behind by one bank exchange resumes to the uninterrupted set; a DDP
+distillation's loss falls (its kill-and-resume is marked slow: ``-m slow``). Merged statistics:
+test_distributed_merge.py; the launcher's settings and error lines: test_distributed_env.py. Ranks are plain subprocesses with torchrun's environment (``_launch``)
 except in the torchrun test; each start costs ~6 s of imports, most of this file's time.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,21 +20,13 @@ import pytest
 import torch
 
 from dfq.data import CalibrationSet
-from dfq.errors import DfqError
 from tests._cli import run_cli
+from tests._dist import SMI, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = {"seconds", "seconds_this_run", "wall_seconds", "distributed"}
-SMI = ["invert", "--model", "test_vit", "--no-pretrained", "--device", "cpu", "--method", "smi", "--num-images", "8",
-       "--seed", "3", "--set", "batch_size=2", "--set", "iterations=6", "--set", "schedule=2:0.5,4:0.5"]  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -46,7 +37,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _launch(args: list[str], world: int = 2, **extra: str) -> list[subprocess.CompletedProcess[str]]:
     """``python -m dfq ARGS`` as ``world`` ranks with torchrun's environment; each rank's result."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = [
         subprocess.Popen([sys.executable, "-m", "dfq", *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
@@ -150,75 +141,6 @@ def test_a_cmi_rank_one_exchange_behind_takes_the_bank_of_a_rank_ahead(tmp_path:
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and len(b) == 8
 
 
-# --------------------------------------------------------------------- calibration and CMI on 2 ranks
-CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
-
-
-def _batches() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(2, 3, 64, 64, generator=g) * (1 + i) for i in range(4)]
-
-
-def _calibrated(name: str, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    import dfq
-    from dfq.config import QuantConfig, QuantSpec
-
-    model = dfq.load_model("test_resnet", pretrained=False)
-    q = dfq.quantize_(model, QuantConfig(act=QuantSpec(calibrator=name), bias_correction="on"))
-    dfq.calibrate(q, lambda m: [m(x) for x in batches])
-    return {k: v.clone() for k, v in q.state_dict().items() if k.endswith((".lo", ".hi", "bias_correction"))}
-
-
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DFQ_DIST_TIMEOUT="30")  # fmt: skip
-    torch.set_num_threads(1)
-    from dfq import distributed
-    from dfq.inversion.cmi import CMIConfig, CMISynthesizer
-
-    with distributed.session("cpu"):
-        mine = [b for i, b in enumerate(_batches()) if i % 2 == rank]
-        ranges = {name: _calibrated(name, mine) for name in CALIBRATORS}
-        import dfq
-
-        teacher = dfq.load_model("test_resnet", pretrained=False)
-        config = CMIConfig(num_images=6, batch_size=2, iterations=2, ngf=8, bank_size=64, seed=1)
-        synth = CMISynthesizer(teacher, config, input_size=(3, 32, 32))
-        result = synth.run(config.loop_spec("cmi"))
-        labels = torch.cat([s["labels"] for s in result.states])
-        torch.save({"ranges": ranges, "images": result.images, "labels": labels, "bank": synth.bank.state_dict(),
-                    "shards": result.shards}, f"{out}/rank{rank}.pt")  # fmt: skip
-
-
-def test_statistics_merge_across_ranks_and_cmi_shares_its_bank(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    for name in CALIBRATORS:
-        union = _calibrated(name, _batches())  # one process: every batch
-        merged, other = ranks[0]["ranges"][name], ranks[1]["ranges"][name]
-        assert merged.keys() == union.keys() and any(k.endswith("bias_correction") for k in union)
-        for key, want in union.items():
-            assert torch.equal(merged[key], other[key]), (name, key)  # every rank the same ranges
-            if key.endswith("bias_correction"):
-                torch.testing.assert_close(merged[key], want, rtol=1e-4, atol=1e-6)
-            elif name == "minmax" or ".weight_quantizer." in key:
-                assert torch.equal(merged[key], want), (name, key)  # all-reduced min/max: exact
-            else:  # histograms re-binned once per rank vs batch by batch
-                span = (union[key.rsplit(".", 1)[0] + ".hi"] - union[key.rsplit(".", 1)[0] + ".lo"]).abs().max()
-                # percentile and mse must agree to span/2048 (measured: identical); entropy's threshold is
-                # the argmin of a KL curve, which a re-binned count can move far (measured: 35 x span/2048,
-                # 1.7% of the span, at the classifier's input), so it gets 2% of the span
-                tol = 0.02 * span if name == "entropy" else span / 2048
-                assert (merged[key] - want).abs().max() <= tol + 1e-6, (name, key, merged[key], want)
-    a, b = ranks
-    assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"]) and len(a["images"]) == 6
-    assert a["bank"]["n_updates"] == b["bank"]["n_updates"] == 6  # every batch's rows, once, in every bank
-    assert torch.equal(a["bank"]["data"], b["bank"]["data"])
-    assert a["shards"]["world_size"] == 2 and [s["batches"] for s in a["shards"]["ranks"]] == [[0, 2], [1]]
-
-
 # ------------------------------------------------------------------------------- DDP distillation
 def _distill_args(one_process: CalibrationSet, root: Path) -> tuple[list[str], Path]:
     sets = root / "set"
@@ -267,138 +189,3 @@ def test_ddp_ranks_wait_for_a_late_rank_zero_in_the_barrier_not_in_ddp(one_proce
     _check_run(_launch(args, DFQ_DIST_STALL="0:distill-start:15", DFQ_DIST_TIMEOUT="5"), out)
 
 
-# ------------------------------------------------------------------------------ one process, no session
-def test_without_a_session_every_helper_is_one_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from dfq import distributed as D
-
-    assert (D.world_size(), D.rank(), D.is_main(), D.active()) == (1, 0, True, False)
-    assert D.shard(3) == range(3) and D.shard_path(tmp_path / "a.ckpt") == tmp_path / "a.ckpt"
-    assert D.rank_seed(5) == 5 and D.all_gather_object("x") == ["x"] and D.broadcast_object(3) == 3
-    t = torch.ones(2)
-    assert D.all_reduce_max(t) is t and D.all_gather_tensor(t) == [t]
-    with D.agree():
-        D.barrier()
-        D.fault_point("anything")
-    monkeypatch.setenv(D.TIMEOUT_ENV, "soon")
-    with pytest.raises(DfqError, match="DFQ_DIST_TIMEOUT='soon' must be a positive number"):
-        D.timeout_seconds()
-
-
-def test_a_bad_timeout_is_one_error_line_before_any_rendezvous(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
-                       "DFQ_DIST_TIMEOUT": "-1"}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    code, out, err = run_cli([*SMI, "--out", str(tmp_path / "s")])
-    assert code == 2 and err.strip() == "error: rank 0: DFQ_DIST_TIMEOUT='-1' must be a positive number of seconds"
-    assert out == "" and not any(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize(("env", "message"), [
-    ({"RANK": "one"}, "error: RANK='one' must be a non-negative integer (torchrun sets it)"),
-    ({"WORLD_SIZE": "2.5"}, "error: WORLD_SIZE='2.5' must be a non-negative integer (torchrun sets it)"),
-    ({"RANK": "3"}, "error: RANK=3 must be below WORLD_SIZE=2 (torchrun sets both)"),
-    ({"DFQ_DIST_TIMEOUT": "1e14"}, "error: rank 0: DFQ_DIST_TIMEOUT='1e14' is more than a week (604800 s); give at most that"),
-])  # fmt: skip
-def test_bad_launch_settings_are_one_error_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict,
-                                                message: str) -> None:
-    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", **env}.items():
-        monkeypatch.setenv(key, value)
-    code, out, err = run_cli([*SMI, "--out", str(tmp_path / "s")])
-    assert (code, err.strip()) == (2, message) and out == ""
-    assert not any(tmp_path.iterdir())
-
-
-NO_GPU = "--device cuda requested but CUDA is not available; use --device cpu"
-
-
-@pytest.mark.parametrize(("env", "line"), [
-    ({"RANK": "1"}, f"error: rank 1: {NO_GPU}"),
-    ({"RANK": "0"}, f"error: rank 0: {NO_GPU}"),
-    ({"RANK": "one"}, f"error: {NO_GPU}"),  # the rank cannot be read: the line as one process says it
-    ({"WORLD_SIZE": "1"}, f"error: {NO_GPU}"),  # one process: no rank to name
-])  # fmt: skip
-def test_a_launched_process_names_its_rank_in_its_error_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                             env: dict, line: str) -> None:
-    """torchrun prints every rank's stderr on one terminal: each error line says whose it is (here an
-    error found before any rendezvous, so one process can play rank 1)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", **env}.items():
-        monkeypatch.setenv(key, value)
-    args = [a if a != "cpu" else "cuda" for a in SMI]
-    code, out, err = run_cli([*args, "--out", str(tmp_path / "s")])
-    assert (code, err.strip()) == (2, line) and out == ""
-    assert not any(tmp_path.iterdir())
-
-
-def test_a_numbered_gpu_under_torchrun_is_refused_before_any_rendezvous(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each rank takes cuda:LOCAL_RANK; an explicit cuda:1 was silently replaced by it: now one error line."""
-    import dfq.distributed as D
-
-    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(DfqError, match=r"^device cuda:1 names one GPU, .*\(cuda:LOCAL_RANK\); give the device as cuda$"):
-        with D.session("cuda:1"):
-            pass
-    assert not D.active()
-
-
-def test_every_rank_of_a_node_refuses_more_processes_than_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rank 0 of two on a node with fewer GPUs refuses too (only the rank without a GPU did; the others
-    waited in the rendezvous until the timeout and then said something else)."""
-    import dfq.distributed as D
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    with pytest.raises(DfqError, match=r"^2 process\(es\) per node, and this machine has 1 GPU\(s\); start at most"):
-        with D.session("cuda"):
-            pass
-    assert not D.active()
-
-
-def test_a_relayed_failure_is_passed_on_once() -> None:
-    """A rank whose own error was news of another's posts the cause, not 'rank 1 failed: rank 1: the job
-    stopped: ...', so a third rank's line names the cause and says --resume once."""
-    from dfq.distributed import _session as S
-
-    class Store:
-        def __init__(self) -> None:
-            self.kv: dict[str, str] = {}
-
-        def compare_set(self, key: str, expected: str, value: str) -> None:
-            self.kv.setdefault(key, value)
-
-    store = Store()
-    S._SESSION = S._Session(1, 3, 1, "cpu", 5.0, "p/", store)
-    try:
-        news = DfqError(S._stopped(1, "rank 2 failed with MemoryError"))
-        S._report_failure(news)
-        assert store.kv["p/failed"] == "rank 2 failed with MemoryError"
-        line = S._stopped(0, store.kv["p/failed"])
-        assert line.count("--resume") == 1 and line.startswith("rank 0: the distributed job stopped: rank 2 failed")
-    finally:
-        S._SESSION = None
-
-
-def test_histograms_merge_to_the_histogram_of_the_union() -> None:
-    from dfq.calibrators._histogram import GrowingHistogram
-
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.rand(500, generator=g) * 2 - 1, torch.rand(300, generator=g) * 2 - 1
-    a[:2], b[:2] = torch.tensor([-1.0, 1.0]), torch.tensor([-1.0, 1.0])  # both span the union: exact
-    parts = [GrowingHistogram(64) for _ in range(2)]
-    parts[0].add(a)
-    parts[1].add(b)
-    one = GrowingHistogram(64)
-    one.add(torch.cat([a, b]))
-    merged = GrowingHistogram(64)
-    merged.merge([p.state() for p in parts])
-    assert (merged.lo, merged.hi, merged.total) == (one.lo, one.hi, one.total) and torch.equal(merged.counts, one.counts)
-    point = GrowingHistogram(64)
-    point.add(torch.full((10,), 0.25))  # a point mass joins the bin that holds its value
-    merged.merge([p.state() for p in [*parts, point]])
-    assert merged.total == 810 and float(merged.counts.sum()) == 810 and merged.counts[40] == one.counts[40] + 10
-    empty = GrowingHistogram(64)
-    empty.merge([GrowingHistogram(64).state()])
-    assert empty.empty
