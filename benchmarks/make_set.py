@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _assets import MODELS, default_assets, load  # noqa: E402
 from _sets import synthetic_set  # noqa: E402
 
-from dfq.cli import _raise_terminated, _Terminated  # noqa: E402  (the CLI's SIGTERM-as-interrupt, shared)
+from dfq.signals import Terminated, terminate_as_interrupt  # noqa: E402  (the CLI's SIGTERM-as-interrupt)
 
 
 def main() -> int:
@@ -42,9 +41,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    terminate_as_interrupt()
     try:
         sys.exit(main())
     except KeyboardInterrupt as e:
         print("make_set: stopped; run the same command again to continue from the checkpoint", file=sys.stderr)
-        sys.exit(143 if isinstance(e, _Terminated) else 130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)

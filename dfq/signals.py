@@ -1,4 +1,9 @@
-"""Interrupts held back across a short critical section.
+"""SIGTERM as an interrupt, and interrupts held back across a short critical section.
+
+:func:`terminate_as_interrupt` makes SIGTERM (``kill``, a launcher's or a session's stop) raise
+:class:`Terminated`, a ``KeyboardInterrupt``, so every loop that checkpoints on Ctrl-C checkpoints on
+it too; the caller tells the two apart by the class (exit 143 vs 130). The CLI and the benchmark
+scripts that make sets install it.
 
 A long loop turns Ctrl-C and ``kill`` (SIGTERM, raised as ``KeyboardInterrupt`` by the CLI) into a
 checkpoint. An interrupt that lands inside an optimizer step would leave parameters and optimizer
@@ -17,6 +22,21 @@ from contextlib import contextmanager
 from types import FrameType
 
 _HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an interrupt, so long loops checkpoint exactly as on Ctrl-C."""
+
+
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM handler :func:`terminate_as_interrupt` installs."""
+    raise Terminated
+
+
+def terminate_as_interrupt() -> None:
+    """Raise SIGTERM as :class:`Terminated` from now on (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
 
 
 @contextmanager

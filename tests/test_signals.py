@@ -1,11 +1,12 @@
-"""deferred_interrupts: a signal inside the block waits for the block's end, then reaches the old handler."""
+"""deferred_interrupts: a signal inside the block waits for the block's end, then reaches the old handler;
+terminate_as_interrupt: SIGTERM raises Terminated, a KeyboardInterrupt, also when held by the block."""
 
 import os
 import signal
 
 import pytest
 
-from dfq.signals import deferred_interrupts
+from dfq.signals import Terminated, deferred_interrupts, terminate_as_interrupt
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +45,20 @@ def test_no_signal_no_effect():
     with deferred_interrupts():
         x = 1
     assert x == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_after_terminate_as_interrupt_is_a_keyboard_interrupt_of_its_own_class():
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        terminate_as_interrupt()
+        with pytest.raises(Terminated) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert isinstance(e.value, KeyboardInterrupt)  # every loop that checkpoints on Ctrl-C catches it
+        done = []
+        with pytest.raises(Terminated):
+            with deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("step committed")
+        assert done == ["step committed"]
+    finally:
+        signal.signal(signal.SIGTERM, old)

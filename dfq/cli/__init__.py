@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,16 +41,9 @@ from dfq.cli._common import _print as _print
 from dfq.cli._common import bound_integers
 from dfq.distributed import ranked
 from dfq.errors import DfqError, DfqWarning, shown
+from dfq.signals import Terminated, terminate_as_interrupt
 
 __all__ = ["cli", "main"]
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM raised as an interrupt, so long loops checkpoint exactly as on Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
 
 
 _PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP})
@@ -130,7 +121,7 @@ class _DfqGroup(click.Group):
                 raise
             ctx.exit(2)
         except KeyboardInterrupt as e:
-            terminated = isinstance(e, _Terminated)
+            terminated = isinstance(e, Terminated)
             click.echo("terminated" if terminated else "interrupted", err=True)
             ctx.exit(143 if terminated else 130)
 
@@ -196,6 +187,5 @@ cli.add_command(evaluate.export_set_cmd)
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``dfq``): SIGTERM stops like Ctrl-C, then the click group runs."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    terminate_as_interrupt()
     cli.main(args=argv, prog_name="dfq")
