@@ -35,7 +35,7 @@ from _assets import mobilenet_model  # noqa: E402
 import dfq  # noqa: E402
 from dfq.config import CNN_SITES, VIT_SITES, QuantConfig, preset  # noqa: E402
 from dfq.data import labelled_imagenet_folder, load_image_tensor, make_loader  # noqa: E402
-from dfq.models import data_config, eval_transform, load_model  # noqa: E402
+from dfq.models import data_config, eval_transform, load_model, model_family  # noqa: E402
 from dfq.quant.variants import VariantEvaluator, calibrated_copy, image_batches_loop  # noqa: E402
 
 
@@ -92,9 +92,9 @@ NOISE_STUDY = [
 ]
 
 
-def site_study(model: str = "deit_tiny", scheme: str = "w8a8") -> list[str]:
-    """One variant per activation site the model's family uses (:data:`dfq.config.VIT_SITES` or
-    ``CNN_SITES``) with every other site of ``scheme`` dropped (min/max, the softmax too), then the
+def site_study(family: str = "vit", scheme: str = "w8a8") -> list[str]:
+    """One variant per activation site the model's family uses (``vit``: :data:`dfq.config.VIT_SITES`,
+    else ``CNN_SITES``; :func:`dfq.models.model_family` of the loaded model) with every other site of ``scheme`` dropped (min/max, the softmax too), then the
     weights alone at 8 and at 4 bits (min/max).
 
     >>> v = site_study()
@@ -104,7 +104,7 @@ def site_study(model: str = "deit_tiny", scheme: str = "w8a8") -> list[str]:
     True
     """
     sites = sorted(preset(scheme).act_sites)
-    own = VIT_SITES if model == "deit_tiny" else CNN_SITES
+    own = VIT_SITES if family == "vit" else CNN_SITES
     one = [f"{scheme}:site=softmax/minmax,drop={'+'.join(x for x in sites if x != site)}" for site in sites if site in own]
     every = "+".join(sites)
     return [*one, f"w8a8:drop={every}", f"w4a8:weight=minmax,drop={every}"]
@@ -156,7 +156,7 @@ def main() -> int:
     fp_m = ev.reference_metrics
     print(f"FP {args.model}: top-1 {fp_m['top1']:.4f} top-5 {fp_m['top5']:.4f} on {len(labels)} images")
     rows = [{"variant": "fp", **fp_m}]
-    variants = args.variants + {"noise-placement": NOISE_STUDY, "sites": site_study(args.model), None: []}[args.study]
+    variants = args.variants + {"noise-placement": NOISE_STUDY, "sites": site_study(model_family(model)), None: []}[args.study]
     print(f"{'variant':60s} {'top1':>7s} {'Δtop1':>7s} {'agree':>7s} {'KL':>7s} {'sec':>5s}")
     for r in ev.run((v, lambda v=v: build(v)) for v in variants):
         m, dt = r.metrics, r.seconds
