@@ -94,8 +94,8 @@ NOISE_STUDY = [
 
 def site_study(family: str = "vit", scheme: str = "w8a8") -> list[str]:
     """One variant per activation site the model's family uses (``vit``: :data:`dfq.config.VIT_SITES`,
-    else ``CNN_SITES``; :func:`dfq.models.model_family` of the loaded model) with every other site of ``scheme`` dropped (min/max, the softmax too), then the
-    weights alone at 8 and at 4 bits (min/max).
+    else ``CNN_SITES``; :func:`dfq.models.model_family` of the loaded model) with every other site of
+    ``scheme`` dropped (min/max, the softmax too), then the weights alone at 8 and at 4 bits (min/max).
 
     >>> v = site_study()
     >>> len(v) - 2, v[0].startswith("w8a8:site=softmax/minmax,drop=conv_in+")  # 10 ViT sites; fc1_in first
