@@ -221,3 +221,17 @@ def test_adopt_refuses_a_missing_report(tmp_path: Path) -> None:
                            "--adopt", f"rec-dt={tmp_path / 'none'}"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert done.returncode != 0 and done.stderr.strip().startswith("error: --adopt takes STEP=DIR")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_calib_variance_resumes_only_its_own_partial(tmp_path: Path) -> None:
+    cv = importlib.import_module("calib_variance")
+    key = {"sources": ["di=runs/sets/a", "real=real"], "model": "deit_tiny", "subset": 16, "draws": 8}
+    rows = [{"source": "di", "draw": "all", "images": 32, "top1": 0.79, "agreement": 0.93, "kl": 0.03},
+            {"source": "di", "draw": 0, "images": 16, "top1": 0.78, "agreement": 0.92, "kl": 0.04}]  # fmt: skip
+    path = tmp_path / "report.json.partial"
+    assert cv.load_partial(path, key) == ({}, {})  # no file yet
+    path.write_text(json.dumps({"key": key, "rows": rows, "ranges": {"di": {"fc1_in": 3.5}}}))
+    done, ranges = cv.load_partial(path, key)
+    assert done == {("di", "all"): rows[0], ("di", "0"): rows[1]} and ranges == {"di": {"fc1_in": 3.5}}
+    assert cv.load_partial(path, key | {"draws": 4}) == ({}, {})  # other arguments: start over
+    assert cv.load_partial(None, key) == ({}, {})  # no --json: nothing kept
