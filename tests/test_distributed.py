@@ -169,6 +169,20 @@ def test_ddp_distill_runs_and_its_loss_falls(one_process: CalibrationSet, tmp_pa
     assert recipe["distill"]["resumed_from"] is None
 
 
+def test_ddp_ranks_stop_early_together(one_process: CalibrationSet, tmp_path: Path, image_folder: Path) -> None:
+    """With --patience rank 0 alone scores the student and decides; rank 1 stops at the same step instead
+    of waiting in the next all-reduce. A step of 1e-30 leaves the probe's weights as they are, so the KL
+    never beats step 0's and patience 1 stops the run at the first evaluation after it."""
+    args, out = _distill_args(one_process, tmp_path)
+    args[args.index("--lr") + 1] = "1e-30"
+    ranks = _launch([*args, "--patience", "1", "--eval-folder", str(image_folder)], DFQ_DIST_TIMEOUT="20")
+    assert [p.returncode for p in ranks] == [0, 0], ranks[0].stderr[-3000:] + ranks[1].stderr[-3000:]
+    report = json.loads(ranks[0].stdout)
+    assert report["distill"]["steps"] == 2 and report["distill"]["stopped_early"] and report["best"]["step"] == 0
+    assert [r["step"] for r in json.loads((out / "curve.json").read_text())["records"]] == [0, 2]
+    assert not Path(f"{out}.ckpt").exists()
+
+
 @pytest.mark.slow  # two more launches of two ranks (~25 s on 2 busy cores); the inversion's resume runs above
 def test_ddp_distill_resumes_after_a_killed_rank(one_process: CalibrationSet, tmp_path: Path) -> None:
     args, out = _distill_args(one_process, tmp_path)

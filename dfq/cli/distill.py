@@ -75,6 +75,12 @@ from dfq.inversion.registry import inverter_names
     "--eval-every", type=int, default=None, help="Steps between evaluations and checkpoints (default 100)."
 )
 @click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop early after N evaluations in a row without a better score (needs --eval-folder).",
+)
+@click.option(
     "--kd",
     "kd_settings",
     multiple=True,
@@ -120,6 +126,7 @@ def distill(
     weight_ranges: str | None,
     act_ranges: str | None,
     eval_every: int | None,
+    patience: int | None,
     kd_settings: tuple[str, ...],
     eval_folder: str | None,
     eval_images: int | None,
@@ -137,7 +144,7 @@ def distill(
     config = config_from_options(
         qat_run is not None, linear_probe, kd_settings, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
         temperature=temperature, ema=ema, weight_ranges=weight_ranges, act_ranges=act_ranges, eval_every=eval_every,
-        seed=seed,
+        patience=patience, seed=seed,
     )  # fmt: skip
     report = run_distill(DistillRequest(
         out=out, config=config, teacher=teacher, teacher_checkpoint=teacher_checkpoint, student=student,

@@ -62,6 +62,8 @@ class DistillConfig:
         checkpoint_every: steps between resumable checkpoints (None: ``eval_every``).
         log_every: steps between progress updates and NaN checks (host synchronisations).
         select: metric that picks the best checkpoint (``kl`` lowest; ``top1``/``agreement`` highest).
+        patience: stop early after this many evaluations in a row without a better score by ``select``
+            (None: run every step); needs evaluation data.
         weight_ranges: QAT: ``frozen``, ``rederive`` or ``learn`` (see :data:`RANGE_MODES`).
         act_ranges: QAT: ``frozen`` or ``learn``.
         range_lr: learning rate of learned ranges (None: ``lr``).
@@ -92,6 +94,7 @@ class DistillConfig:
     checkpoint_every: int | None = None
     log_every: int = 10
     select: Select = "kl"
+    patience: int | None = None
     weight_ranges: str = "learn"
     act_ranges: str = "frozen"
     range_lr: float | None = None
@@ -108,6 +111,8 @@ class DistillConfig:
         for name in ("steps", "batch_size", "kd_steps", "synth_batch", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 evaluations (or None), got {self.patience}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -8,7 +8,8 @@ generator.
 
 Every ``eval_every`` steps (and at step 0 and the last step) the student (its moving average when
 ``ema`` is on) is scored on :class:`~dfq.distill.inputs.EvalData`: top-1, agreement and KL to the
-teacher; the best by ``config.select`` is kept. Every ``checkpoint_every`` steps the whole state (student,
+teacher; the best by ``config.select`` is kept, and with ``config.patience`` the run stops once that
+many evaluations in a row have not beaten it (a resumed run that had stopped stays stopped). Every ``checkpoint_every`` steps the whole state (student,
 optimizer, EMA, pool, synthesizer, random streams, curve, best) goes to a
 :class:`~dfq.checkpointing.StateFile`, so a killed run resumes losing at most one interval, and
 resumes on the CPU to bit-identical weights. The loss is read back to the host only every
@@ -46,10 +47,26 @@ from dfq.distill.synth import Synthesizer
 from dfq.errors import DfqError
 from dfq.evaluation import batched_logits, classification_metrics
 
-__all__ = ["DistillResult", "run_loop", "evaluate_student", "CURVE_METRICS", "CHECKPOINT_VERSION", "better"]
+__all__ = ["DistillResult", "run_loop", "evaluate_student", "CURVE_METRICS", "CHECKPOINT_VERSION", "better",
+           "out_of_patience"]
 
 CHECKPOINT_VERSION = 1
-_VOLATILE = ("checkpoint_every", "log_every")
+_VOLATILE = ("checkpoint_every", "log_every", "patience")
+
+
+def out_of_patience(curve: list[dict[str, Any]], best: dict[str, Any] | None, patience: int | None) -> bool:
+    """Whether ``patience`` evaluations of ``curve`` came after the ``best`` one without beating it.
+
+    >>> curve = [{"step": s} for s in (0, 100, 200, 300)]
+    >>> out_of_patience(curve, {"step": 100}, 2), out_of_patience(curve, {"step": 100}, 3)
+    (True, False)
+    >>> out_of_patience(curve, {"step": 100}, None), out_of_patience(curve, None, 1)
+    (False, False)
+    """
+    if patience is None or best is None:
+        return False
+    return sum(1 for rec in curve if rec["step"] > best["step"]) >= patience
+
 
 
 @dataclass
@@ -62,8 +79,10 @@ class DistillResult:
             ``images`` (training images seen), ``seconds`` (wall time so far, resumes summed),
             ``top1``, ``agreement``, ``kl``, ``num_nonfinite``.
         best: ``{"step", "metrics", "state"}`` of the best evaluation (None without evaluation data).
-        steps: steps in the run; ``resumed_from``: the step a checkpoint resumed at (None: fresh).
+        steps: steps the run made (fewer than ``config.steps`` when ``stopped_early``);
+            ``resumed_from``: the step a checkpoint resumed at (None: fresh).
         pool_size: training images at the end; ``seconds``: wall time, resumes summed.
+        stopped_early: ``config.patience`` evaluations in a row did not beat the best one.
     """
 
     student: nn.Module
@@ -73,6 +92,7 @@ class DistillResult:
     resumed_from: int | None
     pool_size: int
     seconds: float
+    stopped_early: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -161,6 +181,8 @@ def run_loop(
         DfqError: the loss or the weights became NaN/infinite, an empty pool, or a checkpoint of another run.
     """
     device = torch.device(device)
+    if config.patience is not None and eval_data is None and distributed.is_main():
+        raise DfqError("patience (early stopping) needs evaluation data to score the student on")
     student = models.student
     optimizer = build_optimizer(student, config)
     ema = EMA(student, config.ema) if config.ema > 0 else None
@@ -202,6 +224,12 @@ def run_loop(
         resumed_from = step
     evaluated = ema.module if ema is not None else student
     t0 = time.perf_counter()
+
+    def stop_now() -> bool:  # rank 0 holds the curve; the others follow its decision
+        if config.patience is None:
+            return False
+        stop = out_of_patience(curve, best, config.patience) if main else False
+        return bool(distributed.broadcast_object(stop)) if world > 1 else stop
 
     def seconds() -> float:
         return round(seconds_before + time.perf_counter() - t0, 3)
@@ -247,7 +275,8 @@ def run_loop(
         distributed.fault_point("distill-start")
         if world > 1:
             distributed.barrier()  # rank 0 may have evaluated step 0: the others wait here, not in DDP's all-reduce
-        while step < config.steps:
+        stopped = stop_now()  # a resumed run that had run out of patience
+        while step < config.steps and not stopped:
             if synthesizer is not None and pool.rounds <= step // config.kd_steps:
                 pool.add(synthesizer(pool.rounds, student))
             set_lr(optimizer, config.lr_at(step))
@@ -273,6 +302,8 @@ def run_loop(
             if at_eval:
                 record(loss_sum / loss_count if loss_count else None)
                 loss_sum, loss_count = 0.0, 0
+                stopped = stop_now()
+                at_save = at_save or (stopped and file is not None)  # the state that stopped, so a resume stays stopped
             if at_save:
                 save()
             if world > 1 and (at_eval or at_save):
@@ -281,4 +312,7 @@ def run_loop(
     finally:
         bar.close()
         student.eval()
-    return DistillResult(evaluated.eval(), curve, best, config.steps, resumed_from, len(pool), seconds())
+    if stopped and main and progress:
+        print(f"{desc}: stopped early at step {step}: {config.patience} evaluations without a better "
+              f"{config.select} than step {best['step'] if best else 0}'s", flush=True)
+    return DistillResult(evaluated.eval(), curve, best, step, resumed_from, len(pool), seconds(), stopped_early=stopped)

@@ -103,6 +103,8 @@ class DistillRequest:
         if self.num_images < 1:
             raise DfqError("--num-images must be at least 1")
         check_eval_options(self.eval_folder, self.eval_images)
+        if self.config.patience is not None and self.eval_folder is None:
+            raise DfqError("--patience stops when the scores on the evaluation images stop improving; it needs --eval-folder")
         if self.qat is not None and not (Path(self.qat) / "recipe.json").is_file():
             raise DfqError(f"--qat {self.qat} is not a dfq run directory (no recipe.json)")
 
@@ -260,6 +262,7 @@ def _train(request: DistillRequest, device: str, t_start: float, source: Calibra
         "source": source.describe(),
         "training_images": result.pool_size,
         "steps": result.steps,
+        "stopped_early": result.stopped_early,
         "resumed_from": result.resumed_from,
         "seconds": result.seconds,
         "teacher": teacher.identity,
@@ -308,7 +311,7 @@ def _write(request: DistillRequest, recipe: dict[str, Any] | None, result: Any, 
     figures = _final_report(result, eval_data)
     best = result.best
     summary = {
-        "distill": {k: record[k] for k in ("loop", "qat", "linear_probe", "steps", "training_images", "seconds")},
+        "distill": {k: record[k] for k in ("loop", "qat", "linear_probe", "steps", "stopped_early", "training_images", "seconds")},
         "start": result.curve[0] if result.curve else None,
         "best": {"step": best["step"], **best["metrics"]} if best else None,
     }
@@ -344,7 +347,8 @@ def _student_md(report: dict[str, Any]) -> str:
     d = report["distill"]
     lines = [f"# dfq distillation: {report['model'].get('name') or 'student'}", "",
              f"- loop: {d['loop']}{' (linear probe)' if d['linear_probe'] else ''}, {d['steps']} steps on "
-             f"{d['training_images']} training images, {d['seconds']:.0f} s"]  # fmt: skip
+             f"{d['training_images']} training images, {d['seconds']:.0f} s"
+             f"{' (stopped early: no better evaluation for --patience evaluations)' if d.get('stopped_early') else ''}"]  # fmt: skip
     if "quant" in report:
         lines += ["", "| model | top-1 | top-5 |", "|---|---|---|",
                   f"| teacher | {f(report['fp']['top1'])} | {f(report['fp']['top5'])} |",

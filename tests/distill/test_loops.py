@@ -137,6 +137,32 @@ def test_linear_probe_trains_only_the_new_head(setup: dict) -> None:
     assert [n for n, p in student.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
 
 
+def test_patience_stops_a_run_that_no_longer_improves_and_a_resume_stays_stopped(setup: dict, tmp_path: Path) -> None:
+    # a step of 1e-30 leaves every float32 weight as it is: the KL never beats step 0's, so patience 2
+    # stops the run after the evaluations at steps 4 and 8
+    cfg = DistillConfig(steps=40, batch_size=8, lr=1e-30, eval_every=4, patience=2)
+    ckpt = tmp_path / "run.ckpt"
+    kwargs = dict(calib=setup["calib"], eval_data=setup["eval"], progress=False, checkpoint=ckpt)
+    result = distill(setup["teacher"], _student(), cfg, **kwargs)
+    assert [r["step"] for r in result.curve] == [0, 4, 8]
+    assert result.steps == 8 and result.stopped_early and result.best["step"] == 0
+    assert result.curve[1]["kl"] == result.curve[0]["kl"]
+    again = distill(setup["teacher"], _student(), cfg, **kwargs)  # the saved state had stopped
+    assert again.resumed_from == 8 and again.steps == 8 and again.stopped_early and len(again.curve) == 3
+    # patience is not part of the run's identity: without it the same checkpoint trains on to the end
+    rest = distill(setup["teacher"], _student(), DistillConfig(**{**cfg.to_dict(), "patience": None}), **kwargs)
+    assert rest.resumed_from == 8 and rest.steps == 40 and not rest.stopped_early
+    assert [r["step"] for r in rest.curve][-1] == 40
+
+
+def test_patience_needs_evaluation_data_and_a_positive_count(setup: dict) -> None:
+    with pytest.raises(ValueError, match="patience"):
+        DistillConfig(patience=0)
+    with pytest.raises(DfqError, match="patience"):
+        distill(setup["teacher"], _student(), DistillConfig(steps=4, batch_size=8, patience=1), calib=setup["calib"],
+                progress=False)
+
+
 def test_nan_loss_stops_with_one_clear_error(setup: dict) -> None:
     cfg = DistillConfig(steps=20, batch_size=8, lr=1e30, log_every=2, eval_every=20)
     with pytest.raises(DfqError, match="loss became|weights became"):

@@ -59,7 +59,10 @@ def test_qat_run_is_a_calibrated_run(qat_source: dict[str, Path], image_folder: 
     assert code == 0, err
     images = torch.randn(4, 3, 160, 160, generator=torch.Generator().manual_seed(0))
     r = parity(after, out / "model.qdq.onnx", images)
-    assert r["agreement"] == 1.0 and r["max_abs_diff"] <= max(r["quant_error_max"], 1e-4)
+    # a top-1 may flip only where the two best logits of the untrained model lie closer than the export's
+    # error (with one thread: 1 of the 4 images, margin 0.005 against a difference of 0.009)
+    assert r["agreement"] == 1.0 or r["min_top2_margin"] <= 2 * r["max_abs_diff"], r
+    assert r["max_abs_diff"] <= max(r["quant_error_max"], 1e-4), r
 
 
 def test_student_and_probe_runs(qat_source: dict[str, Path], image_folder: Path, tmp_path: Path) -> None:
@@ -131,6 +134,10 @@ def test_resume_continues_an_interrupted_run(qat_source: dict[str, Path], tmp_pa
         (["--teacher", "test_vit", "--student", "test_vit", "--inversion", "noise", "--steps", "0"], "steps must be"),
         (["--teacher", "test_vit", "--student", "test_vit", "--inversion", "noise", "--steps", "2", "--kd", "lrr=1"], "lrr"),
         (["--teacher", "test_vit", "--student", "test_vit", "--inversion", "noise", "--steps", "2", "--kd", "ema=2"], "ema"),
+        (["--teacher", "test_vit", "--student", "test_vit", "--inversion", "noise", "--steps", "2", "--patience", "1"],
+         "--patience .* needs --eval-folder"),
+        (["--teacher", "test_vit", "--student", "test_vit", "--inversion", "noise", "--steps", "2", "--patience", "0"],
+         "patience"),
     ],
 )
 def test_bad_options_are_one_line_errors(args: list[str], message: str, tmp_path: Path) -> None:
