@@ -19,9 +19,10 @@ def set_record(calib: Any, path: Path, **extra: Any) -> dict[str, Any]:
 
 
 def run_record(result: Any) -> dict[str, Any]:
-    """A run's best evaluation, training seconds (resumes summed), resume point and curve."""
+    """A run's best evaluation, training seconds (resumes summed), resume point, whether ``patience``
+    stopped it early, and its curve."""
     return {"best": best_of(result), "seconds_total": result.seconds, "resumed_from": result.resumed_from,
-            "curve": result.curve}  # fmt: skip
+            "stopped_early": result.stopped_early, "curve": result.curve}  # fmt: skip
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

@@ -224,7 +224,8 @@ def _kl_curve(curve: list[dict[str, Any]], upto: int = 400) -> str:
 
 def qat_table(reports: Items) -> str:
     """W4A8 QAT on synthetic images: the KL curve, top-1 and training loss (the means over each evaluation
-    interval) per run; the first row's settings in full, the others' where they differ from it."""
+    interval) per run, and its last step ("(patience)": stopped early, ``DistillConfig.patience``); the
+    first row's settings in full, the others' where they differ from it."""
     lines = ["| run | KL at step 0 / 100 / 200 / 300 / 400 | top-1 at the last | training loss | stopped at |",
              "|---|---|---|---|---|"]  # fmt: skip
     base = _qat_settings(reports[0][1])
@@ -235,7 +236,8 @@ def qat_table(reports: Items) -> str:
         losses = [p["loss"] for p in curve if p.get("loss") is not None]
         lo, hi = (f"{min(losses):.2f}", f"{max(losses):.2f}") if losses else ("—", "—")
         loss = lo if lo == hi else f"{lo}–{hi}"
-        lines.append(f"| {label} | {_kl_curve(curve)} | {100 * curve[-1]['top1']:.1f} | {loss} | {curve[-1]['step']} |")
+        stop = f"{curve[-1]['step']}{' (patience)' if r.get('stopped_early') else ''}"
+        lines.append(f"| {label} | {_kl_curve(curve)} | {100 * curve[-1]['top1']:.1f} | {loss} | {stop} |")
     return "\n".join(lines)
 
 

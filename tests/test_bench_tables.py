@@ -116,14 +116,14 @@ def test_qat_table_renders_hand_made_reports(tmp_path: Path) -> None:
     kls, losses = (0.2168, 0.175, 0.179, 0.1704, 0.1734, 0.168, 0.1651), (None, 0.2, 0.15, 0.145, 0.1165, 0.12, 0.13)
     curve = [{"step": 100 * i, "top1": 0.75, "kl": k, "loss": loss} for i, (k, loss) in enumerate(zip(kls, losses, strict=True))]
     first = {"config": base, "set": {"trained_on": 128}, "curve": curve, "reconstructed": None}
-    diverged = {"config": {**base, "lr": 3e-4, "mixup": 0.5, "steps": 400}, "set": {"trained_on": 128},
+    diverged = {"config": {**base, "lr": 3e-4, "mixup": 0.5, "steps": 400}, "set": {"trained_on": 128}, "stopped_early": True,
                 "curve": [{"step": 0, "top1": 0.76, "kl": 0.2168, "loss": None},
                           {"step": 50, "top1": 0.528, "kl": 1.236, "loss": 0.7057}]}  # fmt: skip
     lines = render(tmp_path, "qat-dt", [first, diverged, first]).splitlines()
     assert lines[2] == ("| lr 3e-5, range lr 1e-4, weight ranges learn, activation ranges frozen, no mixup, no warm-up, "
                         "1000 steps, batch 16, 128 training images | 0.217 / 0.175 / 0.179 / 0.170 / 0.173 … 0.165 "
                         "(600) | 75.0 | 0.12–0.20 | 600 |")  # fmt: skip
-    assert lines[3] == "| lr 3e-4, mixup 0.5, 400 steps | 0.217 / 1.236 (50) | 52.8 | 0.71 | 50 |"
+    assert lines[3] == "| lr 3e-4, mixup 0.5, 400 steps | 0.217 / 1.236 (50) | 52.8 | 0.71 | 50 (patience) |"
     assert lines[4].startswith("| same | 0.217 / 0.175")
 
 
