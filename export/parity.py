@@ -49,6 +49,7 @@ def parity(
     *,
     providers: Sequence[str] | None = None,
     batch_size: int = 32,
+    optimize: bool = True,
 ) -> dict[str, Any]:
     """Compare the torch fake-quant model and its ONNX export on ``images``.
 
@@ -58,6 +59,8 @@ def parity(
         images: CPU float images ``(N, 3, H, W)``.
         providers: ONNX Runtime providers (default CPU).
         batch_size: images per forward.
+        optimize: ONNX Runtime's graph optimizations (Q/DQ fused into integer kernels); False runs every
+            node as written (see :func:`dfq.export.runtime.int8_dot_may_saturate`).
 
     Returns:
         ``agreement`` (top-1, fraction), ``max_abs_diff``, ``mean_abs_diff``, ``min_top2_margin`` of
@@ -68,7 +71,7 @@ def parity(
     from dfq.export.runtime import ort_predictor
     from dfq.quant.calibrate import quantizers_off
 
-    ort_pred = ort_predictor(onnx_path, providers)
+    ort_pred = ort_predictor(onnx_path, providers, optimize=optimize)
     torch_pred = TorchPredictor(model)
     fq, fp, ex = [], [], []
     for chunk in images.split(batch_size):

@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 
 from dfq.export.parity import parity
+from dfq.export.runtime import int8_dot_may_saturate
 
 
 @pytest.mark.parametrize("which", ["vit", "cnn"])
 def test_ort_matches_torch_fake_quant(which, vit, cnn, images):
     model, path = vit if which == "vit" else cnn
-    r = parity(model, path, images)
+    # on an x86 CPU without VNNI ORT's fused integer kernels may saturate 16-bit pair sums: there the
+    # ViT graph is checked with every node as written (its fused deviation is ORT's, measured in the
+    # docstring of int8_dot_may_saturate)
+    r = parity(model, path, images, optimize=not (which == "vit" and int8_dot_may_saturate()))
     assert r["providers"] == ["CPUExecutionProvider"]
     # ORT's integer kernels round differently from torch by an ulp; an activation within an ulp of
     # a rounding tie then lands one quantization step away (~6 of 10^7 activations here) and later
