@@ -57,7 +57,11 @@ def machine() -> str:
     if cpuinfo.exists():
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                       if line.startswith("model name")), "")  # fmt: skip
-    return f"{os.cpu_count()} CPU cores, {model or platform.processor() or platform.machine()}, no GPU used"
+    from dfq.export.runtime import int8_dot_may_saturate
+
+    # ONNX Runtime's fused int8 kernels differ on x86 CPUs without VNNI (16-bit pair sums may saturate)
+    isa = ", AVX2 without VNNI" if int8_dot_may_saturate() else ""
+    return f"{os.cpu_count()} CPU cores, {model or platform.processor() or platform.machine()}{isa}, no GPU used"
 
 
 def write_provenance(out: Path, command: str, started: str, seconds: float, load: float, **extra: Any) -> None:
