@@ -71,9 +71,10 @@ def test_statistics_merge_across_ranks_and_cmi_shares_its_bank(tmp_path: Path) -
             else:  # histograms re-binned once per rank vs batch by batch
                 span = (union[key.rsplit(".", 1)[0] + ".hi"] - union[key.rsplit(".", 1)[0] + ".lo"]).abs().max()
                 # percentile and mse must agree to span/2048 (measured: identical); entropy's threshold is
-                # the argmin of a KL curve, which a re-binned count can move far (measured: 35 x span/2048,
-                # 1.7% of the span, at the classifier's input), so it gets 2% of the span
-                tol = 0.02 * span if name == "entropy" else span / 2048
+                # the argmin of a KL curve, which a re-binned count can move far (measured: 1.7% of the span
+                # at the classifier's input on an AVX-512 machine, 2.7% at layer3.0's downsample input on an
+                # AVX2-only one, whose float sums differ), so it gets 5% of the span
+                tol = 0.05 * span if name == "entropy" else span / 2048
                 assert (merged[key] - want).abs().max() <= tol + 1e-6, (name, key, merged[key], want)
     a, b = ranks
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"]) and len(a["images"]) == 6
