@@ -9,8 +9,9 @@ generator.
 Every ``eval_every`` steps (and at step 0 and the last step) the student (its moving average when
 ``ema`` is on) is scored on :class:`~dfq.distill.inputs.EvalData`: top-1, agreement and KL to the
 teacher; the best by ``config.select`` is kept, and with ``config.patience`` the run stops once that
-many evaluations in a row have not beaten it (a resumed run that had stopped stays stopped). Every ``checkpoint_every`` steps the whole state (student,
-optimizer, EMA, pool, synthesizer, random streams, curve, best) goes to a
+many evaluations in a row have not beaten it (a resumed run that had stopped stays stopped). Every
+``checkpoint_every`` steps the whole state (student, optimizer, EMA, pool, synthesizer, random streams,
+curve, best) goes to a
 :class:`~dfq.checkpointing.StateFile`, so a killed run resumes losing at most one interval, and
 resumes on the CPU to bit-identical weights. The loss is read back to the host only every
 ``log_every`` steps, where a NaN or infinite loss stops the run with one clear error.
@@ -66,7 +67,6 @@ def out_of_patience(curve: list[dict[str, Any]], best: dict[str, Any] | None, pa
     if patience is None or best is None:
         return False
     return sum(1 for rec in curve if rec["step"] > best["step"]) >= patience
-
 
 
 @dataclass
