@@ -282,10 +282,13 @@ def _export_rows(rows: list[dict[str, Any]], floor_name: str) -> str:
         t, o, v = r["torch"], r["ort"], r["verdict"]
         failed = [k for k in ("agreement", "top1_within_noise", "kl_within_noise") if not v[k]]
         lo, hi = r["kl_diff_ci95"]
+        ort = f"{100 * o['top1']:.1f} / {o['agreement']:.3f} / {o['kl']:.4f}"
+        if f := r.get("ort_fused"):  # a CPU without VNNI: the default session ran the int8 Q/DQ unfused
+            ort += f" (Q/DQ unfused; fused: {100 * f['top1']:.1f} / {f['agreement']:.3f} / {f['kl']:.4f})"
         lines.append(
             f"| {r['model']} | {r['scheme']} | {100 * r['fp_top1']:.1f} "
             f"| {100 * t['top1']:.1f} / {t['agreement']:.3f} / {t['kl']:.4f} "
-            f"| {100 * o['top1']:.1f} / {o['agreement']:.3f} / {o['kl']:.4f} | {100 * r['torch_ort_agreement']:.1f}% "
+            f"| {ort} | {100 * r['torch_ort_agreement']:.1f}% "
             f"| {100 * r['torch_f32_f64_agreement']:.1f}% | {100 * r['ort_fused_unfused_agreement']:.1f}% "
             f"| {100 * v['bound']:.1f}% | {r['top1_mcnemar_p']:.2f} | {_signed(lo)}…{_signed(hi)} "
             f"| {r['max_abs_logit_diff']:.2f} | {checker_text(r['checker_findings'])} "

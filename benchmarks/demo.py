@@ -171,7 +171,9 @@ def render(s: dict) -> str:
         lines.append(f"| {r['source']} | {100 * r['top1']:.1f}% | {100 * r['agreement']:.1f}% | {r['kl']:.4f} "
                      f"| {r['seconds']:.0f} |")  # fmt: skip
     top1, agr, kl = _metrics(s["ort_eval"])
-    lines.append(f"| SMI run's Q/DQ ONNX in ONNX Runtime | {100 * top1:.1f}% | {100 * agr:.1f}% | {kl:.4f} | — |")
+    unfused = s["ort_eval"].get("onnxruntime", {}).get("qdq_fused") is False  # x86 without VNNI
+    where = "ONNX Runtime" + (" (Q/DQ unfused: this CPU has no VNNI)" if unfused else "")
+    lines.append(f"| SMI run's Q/DQ ONNX in {where} | {100 * top1:.1f}% | {100 * agr:.1f}% | {kl:.4f} | — |")
     sp = s["ort_speed"]
     load = sp["load_before"]["loadavg"][0]
     note = "idle machine" if sp["idle"] else ("machine NOT idle, the ratio is not a figure: "

@@ -5,7 +5,9 @@ scheme, the float model is calibrated on real images (32 ImageNet / 64 CIFAR by 
 with :func:`dfq.export.onnx.export_onnx` (the TensorRT-rule checker runs on every export; its findings
 are counted here), and both the torch fake-quant model and ONNX Runtime (CPU) are evaluated on the
 sample images: top-1, agreement and KL to the FP model for each, and torch-vs-ORT top-1 agreement and
-max |Δlogit|. Two yardsticks measure how reproducible that agreement can be at all: the top-1
+max |Δlogit|. ORT runs as ``dfq eval`` runs it (:func:`dfq.export.runtime.ort_predictor`): Q/DQ fused
+into integer kernels, except on an x86 CPU without VNNI, where those may saturate and the nodes run
+unfused (``ort_qdq_fused``); there the row also gives the fused session's figures (``ort_fused``). Two yardsticks measure how reproducible that agreement can be at all: the top-1
 agreement of the same fake-quant model run in float32 and in float64, and of ONNX Runtime with and
 without its graph optimizations on the same file (any ulp-level change of the arithmetic moves some
 activations across a rounding tie, and the chained quantizers amplify it).
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             path = export_onnx(q, tmp / f"{name}-{scheme}.onnx", input_shape=tuple(cfg["input_size"]))
             findings = check_onnx(path)
             fq = ev.logits(q)
-            ort = ev.logits(ort_predictor(path, threads=args.threads))
+            session = ort_predictor(path, threads=args.threads)  # Q/DQ unfused on x86 without VNNI
+            ort = ev.logits(session)
+            # where the default left the Q/DQ unfused, what ORT's fused integer kernels give on this CPU
+            ort_fused = None if session.qdq_fused else ev.logits(ort_predictor(path, threads=args.threads, fuse_qdq=True))
             ort_plain = ev.logits(ort_predictor(path, threads=args.threads, optimize=False))
             gap = compare_logits(fq, ort)
             fq64 = ev.logits(copy.deepcopy(q).double())  # the same fake-quant model in float64 (float32 logits)
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 "fp_top1": round(fp_top1, 4),
                 "torch": _metrics(fq, labels, fp),
                 "ort": _metrics(ort, labels, fp),
+                "ort_qdq_fused": session.qdq_fused,
+                **({"ort_fused": _metrics(ort_fused, labels, fp)} if ort_fused is not None else {}),
                 "torch_ort_agreement": agreement["torch_ort"],
                 "max_abs_logit_diff": round(gap["max_abs_diff"], 4),
                 "torch_f32_f64_agreement": agreement["f32_f64"],

@@ -3,7 +3,8 @@
 DeiT-Tiny exported in FP32, quantized by ORT (QDQ, MatMul/Gemm/Conv inputs, INT8 symmetric, weights per
 channel, min/max; as ``ort_speed.py``) with 32 calibration images of each source fed by
 ``dfq.interop.OrtCalibrationReader`` (each ``--set-dir``, the last 32 sample images, Gaussian noise), and
-scored in ORT on the other 468 sample images (top-1, agreement and KL to the torch float model)::
+scored in ORT on the other 468 sample images (top-1, agreement and KL to the torch float model), in the
+session ``dfq eval`` would use (Q/DQ unfused on an x86 CPU without VNNI, :func:`dfq.export.runtime.ort_predictor`)::
 
     python benchmarks/ort_sets.py --set-dir runs/sets/smi500-dt-s1 runs/sets/di200-dt --out runs/ort-sets-dt
 """

@@ -50,6 +50,7 @@ def parity(
     providers: Sequence[str] | None = None,
     batch_size: int = 32,
     optimize: bool = True,
+    fuse_qdq: bool | None = None,
 ) -> dict[str, Any]:
     """Compare the torch fake-quant model and its ONNX export on ``images``.
 
@@ -60,18 +61,20 @@ def parity(
         providers: ONNX Runtime providers (default CPU).
         batch_size: images per forward.
         optimize: ONNX Runtime's graph optimizations (Q/DQ fused into integer kernels); False runs every
-            node as written (see :func:`dfq.export.runtime.int8_dot_may_saturate`).
+            node as written.
+        fuse_qdq: ORT's integer Q/DQ fusion; None: on unless the CPU lacks VNNI
+            (:func:`dfq.export.runtime.ort_predictor`).
 
     Returns:
         ``agreement`` (top-1, fraction), ``max_abs_diff``, ``mean_abs_diff``, ``min_top2_margin`` of
         the torch logits, ``float_exact_fraction`` (images whose logits match to 1e-4 of the logit
         scale, i.e. no rounding-tie flip on the way), ``quant_error_max``/``quant_error_mean`` (|fake-quant - float| in torch),
-        ``gap_ratio`` (= mean export gap / mean quantization error), ``providers`` and ``num_images``.
+        ``gap_ratio`` (= mean export gap / mean quantization error), ``providers``, ``qdq_fused`` and ``num_images``.
     """
     from dfq.export.runtime import ort_predictor
     from dfq.quant.calibrate import quantizers_off
 
-    ort_pred = ort_predictor(onnx_path, providers, optimize=optimize)
+    ort_pred = ort_predictor(onnx_path, providers, optimize=optimize, fuse_qdq=fuse_qdq)
     torch_pred = TorchPredictor(model)
     fq, fp, ex = [], [], []
     for chunk in images.split(batch_size):
@@ -86,5 +89,6 @@ def parity(
     result["quant_error_mean"] = qerr.mean().item()
     result["gap_ratio"] = result["mean_abs_diff"] / max(result["quant_error_mean"], 1e-12)
     result["providers"] = ort_pred.providers
+    result["qdq_fused"] = ort_pred.qdq_fused
     result["num_images"] = int(images.shape[0])
     return result

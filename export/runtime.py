@@ -53,10 +53,12 @@ class OrtPredictor:
         session: the ``InferenceSession``.
         providers: providers the session actually runs with (``session.get_providers()``).
         requested: providers asked for.
+        qdq_fused: whether ORT could fuse Q/DQ pairs into its integer kernels (see :func:`ort_predictor`).
     """
 
-    def __init__(self, session: Any, requested: Sequence[str]) -> None:
+    def __init__(self, session: Any, requested: Sequence[str], qdq_fused: bool = True) -> None:
         self.session = session
+        self.qdq_fused = qdq_fused
         self.requested = list(requested)
         self.providers: list[str] = list(session.get_providers())
         inp = session.get_inputs()[0]
@@ -69,7 +71,7 @@ class OrtPredictor:
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
     def __repr__(self) -> str:
-        return f"OrtPredictor(providers={self.providers})"
+        return f"OrtPredictor(providers={self.providers}, qdq_fused={self.qdq_fused})"
 
 
 def int8_dot_may_saturate(cpuinfo: str | None = None) -> bool:
@@ -79,8 +81,10 @@ def int8_dot_may_saturate(cpuinfo: str | None = None) -> bool:
     saturate (ORT's quantization guide advises ``reduce_range`` or U8U8 on such CPUs), so a fused Q/DQ
     graph may deviate from fake-quant by more than the quantization noise. Measured on an AVX2-only
     EPYC (session 20): timm's ``test_vit`` W8A8, mean |ORT - torch| 0.0169 fused against 0.0012 with
-    ``optimize=False``, quantization error 0.0051; ``test_resnet`` matched either way. False where
-    unknown (no /proc/cpuinfo, other architectures).
+    ``optimize=False``, quantization error 0.0051; ``test_resnet`` matched either way; DeiT-Tiny W8A8 on
+    500 ImageNet images, KL to FP 0.0286 fused vs 0.0265 unfused (torch 0.0260). :func:`ort_predictor`
+    therefore leaves integer Q/DQ unfused on such CPUs by default. False where unknown (no
+    /proc/cpuinfo, other architectures).
 
     >>> int8_dot_may_saturate("flags : fpu sse2 avx2"), int8_dot_may_saturate("flags : avx2 avx512_vnni")
     (True, False)
@@ -111,6 +115,7 @@ def ort_predictor(
     threads: int | None = None,
     optimized_model_path: str | Path | None = None,
     optimize: bool = True,
+    fuse_qdq: bool | None = None,
 ) -> OrtPredictor:
     """Build an ONNX Runtime session for ``path``.
 
@@ -122,35 +127,51 @@ def ort_predictor(
         optimize: apply ORT's graph optimizations (Q/DQ fusion into integer kernels among them, except
             in FP8 graphs, where ORT 1.31's fusion produces an invalid graph); False runs every node as
             written (a reference for how much fusion alone moves results).
+        fuse_qdq: let ORT fuse INT8 Q/DQ pairs into its integer kernels. None (default): fuse unless
+            :func:`int8_dot_may_saturate` -- on an x86 CPU without VNNI those kernels may saturate, so
+            the Q/DQ nodes then run as written (``session.disable_quant_qdq``; ORT's other
+            optimizations stay) and the session computes what the graph says, as TensorRT would.
+            True: fuse anyway (the speed of ORT's integer kernels). FP8 graphs are never fused.
 
     Returns:
-        An :class:`OrtPredictor`; ``.providers`` lists what is really active.
+        An :class:`OrtPredictor`; ``.providers`` lists what is really active, ``.qdq_fused`` whether
+        integer Q/DQ fusion was on (False for a graph without integer Q/DQ).
     """
     import onnxruntime as ort
 
     requested = list(providers or ["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    active = [p for p in requested if p in available]
+    on_cpu = active[:1] in ([], ["CPUExecutionProvider"])  # the kernels that may saturate are the CPU EP's
     options = ort.SessionOptions()
     disabled: list[str] | None = None
     if threads:
         options.intra_op_num_threads = threads
+    fused, kind = False, _qdq_kind(path) if optimize else None
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    elif _has_fp8(path):  # ORT 1.31 fuses FP8 DQ -> MatMul into MatMulIntegerToFloat, then rejects its own graph
+    elif kind == "fp8":  # ORT 1.31 fuses FP8 DQ -> MatMul into MatMulIntegerToFloat, then rejects its own graph
         options.add_session_config_entry("session.disable_quant_qdq", "1")
         disabled = list(FP8_DISABLED_RULES)
+    elif kind == "int" and (fuse_qdq is False or (fuse_qdq is None and on_cpu and int8_dot_may_saturate())):
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        if fuse_qdq is None:
+            log.info("this CPU has no VNNI, so ONNX Runtime's fused int8 kernels may saturate: %s runs its "
+                     "Q/DQ nodes unfused (exact, slower); fuse_qdq=True fuses anyway", Path(path).name)
+    else:
+        fused = kind == "int"
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
-    available = ort.get_available_providers()
     missing = [p for p in requested if p not in available]
     if missing:
         warnings.warn(
             f"ONNX Runtime providers {missing} are not available here (available: {available})", stacklevel=2
         )
     session = ort.InferenceSession(
-        str(path), options, providers=[p for p in requested if p in available] or None,
+        str(path), options, providers=active or None,
         disabled_optimizers=disabled,
     )
-    pred = OrtPredictor(session, requested)
+    pred = OrtPredictor(session, requested, qdq_fused=fused)
     for want in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         if want in requested and want not in pred.providers:
             warnings.warn(
@@ -162,12 +183,16 @@ def ort_predictor(
     return pred
 
 
-def _has_fp8(path: str | Path) -> bool:
-    """Whether the graph holds FLOAT8E4M3FN tensors (an FP8 Q/DQ export); reads the file without external data."""
+def _qdq_kind(path: str | Path) -> str | None:
+    """``"fp8"`` for a graph holding FLOAT8E4M3FN tensors (an FP8 Q/DQ export), ``"int"`` for another one
+    with Q/DQ nodes, None for a graph without; reads the file without external data."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)
+    if any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer):
+        return "fp8"
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    return "int" if any(n.op_type in qdq for n in model.graph.node) else None
 
 
 def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:

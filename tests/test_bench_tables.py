@@ -147,6 +147,10 @@ def test_export_tables_render_hand_made_reports(tmp_path: Path) -> None:
     assert ("| deit_tiny | w8a8 | 79.2 | 78.8 / 0.936 / 0.0262 | 78.4 / 0.942 / 0.0263 | 97.8% | 94.8% | 96.2% | 93.8% "
             "| 0.73 | −0.0015…+0.0016 | 1.10 | clean | pass |") in text.splitlines()  # fmt: skip
     assert text.splitlines()[3].endswith("| 1 error (`Foo`), 1 warning (`Ceil`) | FAIL (agreement, kl_within_noise) |")
+    # a CPU without VNNI: the default session ran the Q/DQ unfused, the fused session's figures beside
+    unfused = {**rows[0], "ort_qdq_fused": False, "ort_fused": {"top1": 0.77, "agreement": 0.9, "kl": 0.0512}}
+    text = render(tmp_path / "novnni", "export-accuracy", [[unfused]])
+    assert "| 78.4 / 0.942 / 0.0263 (Q/DQ unfused; fused: 77.0 / 0.900 / 0.0512) | 97.8% |" in text
     fp8 = [_export_row("deit_tiny", "w8a8-fp8", ["info: per-channel FP8 weight scales"], (True, True, True))]
     text = render(tmp_path / "fp8", "export-accuracy-fp8", [fp8])
     assert "| ORT optimized–unoptimized agreement |" in text

@@ -235,3 +235,17 @@ def test_calib_variance_resumes_only_its_own_partial(tmp_path: Path) -> None:
     assert done == {("di", "all"): rows[0], ("di", "0"): rows[1]} and ranges == {"di": {"fc1_in": 3.5}}
     assert cv.load_partial(path, key | {"draws": 4}) == ({}, {})  # other arguments: start over
     assert cv.load_partial(None, key) == ({}, {})  # no --json: nothing kept
+
+
+def test_demo_summary_says_when_ort_ran_unfused() -> None:
+    """The demo's last row names the session that scored the export: on an x86 CPU without VNNI,
+    ``dfq eval`` ran the Q/DQ nodes unfused, and the row says so (hand-made summary)."""
+    demo = importlib.import_module("demo")
+    row = {"source": "SMI", "top1": 0.78, "agreement": 0.93, "kl": 0.0265, "seconds": 12.0, "fp_top1": 0.792, "images": 468}
+    load = {"loadavg": [0.1, 0.1, 0.1]}
+    speed = {"batches": {"1": {"speedup": 1.5, "fp32_ms": 30.0, "int8_ms": 20.0}}, "idle": True, "load_before": load}
+    summary = {"rows": [row], "smi_iterations": 200, "ort_speed": speed, "wall_seconds": 600.0,
+               "ort_eval": {"quant": {"top1": 0.782}, "agreement": 0.932, "kl": 0.0265}}  # fmt: skip
+    assert "| SMI run's Q/DQ ONNX in ONNX Runtime | 78.2% | 93.2% | 0.0265 | — |" in demo.render(summary)
+    summary["ort_eval"]["onnxruntime"] = {"providers": ["CPUExecutionProvider"], "qdq_fused": False}
+    assert "in ONNX Runtime (Q/DQ unfused: this CPU has no VNNI) | 78.2% |" in demo.render(summary)

@@ -15,6 +15,7 @@ from PIL import Image
 
 import dfq
 from dfq.cli import cli
+from dfq.export.runtime import int8_dot_may_saturate
 from dfq.models import wnid_to_index
 from tests._cli import WNIDS, _calibrate_args, run_cli
 
@@ -169,6 +170,7 @@ def test_calibrate_export_and_eval_in_onnxruntime(tmp_path, image_folder, capsys
     assert code == 0, err
     ort = json.loads(stdout)
     assert ort["backend"] == "onnxruntime" and ort["num_eval_images"] == 6
+    assert ort["onnxruntime"] == {"providers": ["CPUExecutionProvider"], "qdq_fused": not int8_dot_may_saturate()}
     assert ort["fp"] == report["fp"]  # same float reference
     assert 0.0 <= ort["agreement"] <= 1.0
 

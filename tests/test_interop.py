@@ -176,10 +176,9 @@ def test_ort_quantize_static_with_the_reader(tmp_path: Path) -> None:
     absmax = float(calib.images.abs().max())  # in the last, partial batch
     assert float(inits[q_input.input[1]]) == pytest.approx(absmax / 127, rel=1e-6)
 
-    from dfq.export.runtime import int8_dot_may_saturate, ort_predictor
+    from dfq.export.runtime import ort_predictor
 
-    # x86 without VNNI: ORT's fused int8 kernels may saturate, so the Q/DQ nodes run as written
-    got = ort_predictor(q_path, optimize=not int8_dot_may_saturate())(calib.images).numpy()
+    got = ort_predictor(q_path)(calib.images).numpy()  # Q/DQ unfused on x86 without VNNI (see ort_predictor)
     with torch.no_grad():
         ref = model(calib.images).numpy()
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max(), (np.abs(got - ref).max(), np.abs(ref).max())

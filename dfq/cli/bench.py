@@ -109,3 +109,6 @@ def bench_ort(run: str, batch_sizes: tuple[int, ...], threads: int | None, round
     click.echo(f"load average before timing: {load:.2f}; "
                + ("machine idle" if r["idle"] else "NOT idle, this ratio is not a figure: "
                   + "; ".join(r["machine_load"]["not_idle_because"])))  # fmt: skip
+    if r["int8_may_saturate"]:
+        click.echo("note: this CPU has no VNNI; the timed INT8 kernels may saturate, so their outputs can differ "
+                   "from the graph's (dfq eval --backend onnxruntime runs it unfused)")

@@ -161,7 +161,9 @@ def evaluate_folder(
     """Accuracy on an ImageNet-style folder, for a run (quantized vs its float weights) or a model.
 
     With ``run``: ``quant`` and ``fp`` top-1/top-5, ``agreement`` and ``kl``. With ``model``: ``fp``
-    top-1/top-5 only. ``backend`` (:data:`BACKENDS`) runs the quantized model.
+    top-1/top-5 only. ``backend`` (:data:`BACKENDS`) runs the quantized model; with ``onnxruntime`` the
+    report's ``onnxruntime`` entry holds the active providers and ``qdq_fused``
+    (:func:`dfq.export.runtime.ort_predictor`).
 
     Raises:
         DfqError: both or neither of run/model, a missing or empty folder, a limit below 1, a missing
@@ -190,4 +192,7 @@ def evaluate_folder(
     reference = float_reference(recipe, net, dev)
     report = evaluate_pair(quant, reference, data, cfg, batch_size=batch_size,
                            limit=limit, progress=progress)  # fmt: skip
-    return {"run": str(run), "backend": backend, **report}
+    out = {"run": str(run), "backend": backend, **report}
+    if backend == "onnxruntime":  # which kernels ran: on x86 without VNNI the Q/DQ nodes run unfused
+        out["onnxruntime"] = {"providers": quant.providers, "qdq_fused": quant.qdq_fused}  # type: ignore[attr-defined]
+    return out

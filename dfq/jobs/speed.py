@@ -8,6 +8,10 @@ the median milliseconds of each, ``speedup`` = FP32 / INT8 (above 1: the quantiz
 and the quartiles of the per-round ratios, plus the machine's load before the timing
 and the other busy processes before and after it (:func:`dfq.loadcheck.measure_load`): a speedup
 measured on a busy machine is not a figure, and the report says so (``idle``, ``not_idle_because``).
+
+The INT8 graph is timed with ORT's Q/DQ fusion on (its integer kernels, the point of the figure) even
+on an x86 CPU without VNNI, where those kernels may saturate and ``dfq eval`` runs the graph unfused
+(:func:`dfq.export.runtime.ort_predictor`); the report's ``int8_may_saturate`` says when that is so.
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ def ort_speedup(
 
     Returns:
         ``{"machine_load", "load_before", "idle", "threads", "batches": {"1": {"fp32_ms", "int8_ms",
-        "speedup", "speedup_q1_median_q3"}, ...}}`` (``machine_load``: :func:`dfq.loadcheck.measure_load`'s
-        record, with ``not_idle_because``).
+        "speedup", "speedup_q1_median_q3"}, ...}, "int8_may_saturate"}`` (``machine_load``:
+        :func:`dfq.loadcheck.measure_load`'s record, with ``not_idle_because``; ``int8_may_saturate``: the
+        timed fused kernels may saturate on this CPU, :func:`dfq.export.runtime.int8_dot_may_saturate`).
 
     Raises:
         DfqError: no exported graph in the run, onnxruntime missing, a bad batch size (below 1, or larger
@@ -97,7 +102,7 @@ def ort_speedup(
     except ImportError as e:
         raise DfqError("dfq bench ort needs onnxruntime (pip install onnxruntime)") from e
     from dfq.export.latency import paired_quartiles, time_rounds
-    from dfq.export.runtime import ort_predictor
+    from dfq.export.runtime import int8_dot_may_saturate, ort_predictor
 
     start = snapshot()  # before this function's own work (export, sessions) raises the load average
     recipe = read_recipe(run)
@@ -105,10 +110,11 @@ def ort_speedup(
     size = recipe.get("data_config", {}).get("input_size") or data_config(fmodel)["input_size"]
     shape = tuple(int(s) for s in size)
     check_batch_fits(max(batch_sizes), shape)  # the random input of the largest batch, before any export
-    result: dict[str, Any] = {"threads": threads, "rounds": rounds, "iters": iters, "batches": {}}
+    result: dict[str, Any] = {"threads": threads, "rounds": rounds, "iters": iters, "batches": {},
+                              "int8_may_saturate": int8_dot_may_saturate()}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="dfq-speed-") as tmp:
         fp32 = ort_predictor(export_float_onnx(fmodel, Path(tmp) / "fp32.onnx", shape), threads=threads)
-        int8 = ort_predictor(qdq, threads=threads)
+        int8 = ort_predictor(qdq, threads=threads, fuse_qdq=True)
         gen = torch.Generator().manual_seed(0)
         with measure_load(warn=False, start=start) as load:
             for bs in batch_sizes:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from dfq.errors import DfqError
+from dfq.export.runtime import int8_dot_may_saturate
 from dfq.jobs.export import export_run
 from dfq.jobs.speed import ort_speedup
 from dfq.loadcheck import judge
@@ -48,9 +49,11 @@ def test_cli_bench_ort(tmp_path, exported) -> None:
     code, out, _ = run_cli(["bench", "ort", str(exported), "--batch-size", "1", "--rounds", "2", "--threads", "1",
                             "--json"])  # fmt: skip
     assert code == 0
-    assert json.loads(out)["batches"]["1"]["speedup"] > 0
+    r = json.loads(out)
+    assert r["batches"]["1"]["speedup"] > 0 and r["int8_may_saturate"] is int8_dot_may_saturate()
     code, out, _ = run_cli(["bench", "ort", str(exported), "--batch-size", "1", "--rounds", "2", "--threads", "1"])
     assert code == 0 and "FP32" in out and "x" in out
+    assert ("no VNNI" in out) is int8_dot_may_saturate()  # the timed fused kernels may saturate: said
     _, bare = _timm_run(tmp_path, "w8a8")
     code, _, err = run_cli(["bench", "ort", str(bare)])
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
