@@ -62,7 +62,12 @@ def provenance_lines(items: list[tuple[str, Report]]) -> list[str]:
     ...                           "load_at_start": 0.3, "machine": "2 CPU cores", "versions": {"torch": "2.9"}})])
     ['- `s`: `python x.py` — 2026-12-02 03:00:00 UTC, 12 s, load 0.30 at the start; 2 CPU cores; torch 2.9']
 
-    A timing step that found no idle machine says so (``waited_for_idle`` false in its provenance).
+    A timing step that found no idle machine says so (``waited_for_idle`` false in its provenance), and a
+    step that continued from a checkpoint gives the seconds of its last process only (``resumed``):
+
+    >>> provenance_lines([("s", {"command": "python x.py", "started": "2026-12-04 01:11:36 UTC", "seconds": 581.6,
+    ...                           "load_at_start": 0.0, "machine": "2 CPU cores", "versions": {"torch": "2.9"}, "resumed": True})])
+    ['- `s`: `python x.py` — 2026-12-04 01:11:36 UTC, 582 s (resumed from a checkpoint: this process only), load ...']
     """
     out = []
     for name, p in items:
@@ -70,7 +75,8 @@ def provenance_lines(items: list[tuple[str, Report]]) -> list[str]:
         busy = " (**not idle**: its timings are not figures)" if p.get("waited_for_idle") is False else ""
         if p.get("adopted_from"):
             busy += f" (run by hand into `{p['adopted_from']}`, adopted)"
-        out.append(f"- `{name}`: `{p['command']}` — {p['started']}, {p['seconds']:.0f} s, load "
+        resumed = " (resumed from a checkpoint: this process only)" if p.get("resumed") else ""
+        out.append(f"- `{name}`: `{p['command']}` — {p['started']}, {p['seconds']:.0f} s{resumed}, load "
                    f"{p['load_at_start']:.2f} at the start{busy}; {p['machine']}; {vers}")  # fmt: skip
     return out
 

@@ -125,6 +125,7 @@ def run_step(step: Step, redo: bool) -> bool:
     cmd, shown = step.command(out), step.shown(out)
     print(f"\n[bench] {step.name}: {shown}", flush=True)
     idle = wait_idle() if step.timed else None
+    resumed = any(out.glob("*.ckpt"))  # a stopped run continues: its seconds are this process's only
     start = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     t0 = time.perf_counter()
@@ -147,7 +148,9 @@ def run_step(step: Step, redo: bool) -> bool:
         printed.replace(report)
     if made is not None:
         report.write_text(json.dumps({"set": made}) + "\n")
-    extra = {} if idle is None else {"waited_for_idle": idle}
+    extra: dict[str, Any] = {} if idle is None else {"waited_for_idle": idle}
+    if resumed:
+        extra["resumed"] = True
     write_provenance(out, shown, start, time.perf_counter() - t0, load, **extra)
     if made is None and report.exists():
         keep(step.name)

@@ -151,6 +151,11 @@ def test_bench_cli_step_report_is_its_printed_json(tmp_path: Path, monkeypatch: 
     assert "load_at_start" in json.loads((tmp_path / "good" / "provenance.json").read_text())
     assert not bench.run_step(Printing("bad", "dfq", ("usage: dfq ...",)), redo=False)
     assert not (tmp_path / "bad" / "report.json").exists() and not (tmp_path / "kept" / "bad").exists()
+    assert "resumed" not in json.loads((tmp_path / "good" / "provenance.json").read_text())
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "qat.ckpt").write_bytes(b"")  # a stopped run's checkpoint: this process continues it
+    assert bench.run_step(Printing("again", "dfq", ('{"speedup": 4.5}',)), redo=False)
+    assert json.loads((tmp_path / "kept" / "again" / "provenance.json").read_text())["resumed"] is True
 
 
 def test_pending_runs_set_steps_only_for_steps_still_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
