@@ -122,8 +122,8 @@ def test_qat_table_renders_hand_made_reports(tmp_path: Path) -> None:
     lines = render(tmp_path, "qat-dt", [first, diverged, first]).splitlines()
     assert lines[2] == ("| lr 3e-5, range lr 1e-4, weight ranges learn, activation ranges frozen, no mixup, no warm-up, "
                         "1000 steps, batch 16, 128 training images | 0.217 / 0.175 / 0.179 / 0.170 / 0.173 … 0.165 "
-                        "(600) | 75.0 | 0.12–0.20 | 600 |")  # fmt: skip
-    assert lines[3] == "| lr 3e-4, mixup 0.5, 400 steps | 0.217 / 1.236 (50) | 52.8 | 0.71 | 50 (patience) |"
+                        "(600) | 0.165 (600) | 75.0 | 0.12–0.20 | 600 |")  # fmt: skip
+    assert lines[3] == "| lr 3e-4, mixup 0.5, 400 steps | 0.217 / 1.236 (50) | 0.217 (0) | 52.8 | 0.71 | 50 (patience) |"
     assert lines[4].startswith("| same | 0.217 / 0.175")
 
 
