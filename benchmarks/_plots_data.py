@@ -92,14 +92,17 @@ def _kd_label(r: Report, run: Path) -> str:
 
 def curve_panels(bench_dir: Path, runs_dir: Path) -> tuple[list[Report], list[str]]:
     """The KD figure's panels (title, lines of (label, steps, top-1), reference line, sources, dates) and a
-    note for each panel left out: CIFAR KD (``runs/kd-cifar-*``) and DeiT-Tiny W4A8 QAT (``bench_dir/qat-dt*``,
-    else ``runs/qat-dt-*``)."""
-    qat = [p for p in sorted(bench_dir.glob("qat-dt*")) if (p / "report.json").is_file()]
-    qat = qat or [p for p in sorted(runs_dir.glob("qat-dt-*")) if (p / "report.json").is_file()]
+    note for each panel left out: CIFAR KD and DeiT-Tiny W4A8 QAT, each from the kept reports
+    (``bench_dir/kd-cifar-*``, ``bench_dir/qat-dt*``), else from ``runs_dir``'s runs of the same names."""
+
+    def kept_or_runs(pattern: str) -> list[Path]:
+        kept = [p for p in sorted(bench_dir.glob(pattern)) if (p / "report.json").is_file()]
+        return kept or [p for p in sorted(runs_dir.glob(pattern)) if (p / "report.json").is_file()]
+
     groups = (
-        ("CIFAR-10 KD: ResNet-56 -> ResNet-20 (random init)", sorted(runs_dir.glob("kd-cifar-*")), "teacher_metrics",
+        ("CIFAR-10 KD: ResNet-56 -> ResNet-20 (random init)", kept_or_runs("kd-cifar-*"), "teacher_metrics",
          "teacher", _kd_label),
-        ("DeiT-Tiny W4A8 data-free QAT", qat, "fp", "FP", lambda r, run: run.name),
+        ("DeiT-Tiny W4A8 data-free QAT", kept_or_runs("qat-dt*"), "fp", "FP", lambda r, run: run.name),
     )  # fmt: skip
     panels, notes = [], []
     for title, runs, ref_key, ref_label, label in groups:

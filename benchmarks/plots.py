@@ -5,7 +5,8 @@
 - ``calibration_sources.png``: KL to FP and top-1 agreement of DeiT-Tiny quantized on each calibration
   source (``runs/bench/fp8-dt-*``, ``modelopt-dt``, ``ort-sets-dt``);
 - ``smi_preview.png``: the preview grid ``dfq invert`` wrote for an SMI set (``runs/sets/NAME/preview.png``);
-- ``kd_curves.png``: top-1 against the step of the distillation runs (``runs/kd-cifar-*``, the ``qat-dt*`` runs);
+- ``kd_curves.png``: top-1 against the step of the distillation runs (``kd-cifar-*`` and ``qat-dt*``: the kept
+  reports in ``--bench-dir``, else the runs of those names in ``--runs``);
 - ``ort_latency.png``: ONNX Runtime latency per batch, FP32 vs dfq INT8 vs ORT ``quantize_static``, and the
   speedups with their per-round quartiles (``runs/bench/ort-speed-*``, else ``runs/ort_speed_idle2.json``).
 

@@ -85,3 +85,20 @@ def test_empty_and_malformed_inputs_skip_without_error(plots, tmp_path: Path, ca
     assert plots.render_plots(tmp_path / "bench", tmp_path / "img") == []
     text = capsys.readouterr().out
     assert text.count("plots: skipped") >= 8 and "malformed input (KeyError" in text
+
+
+def test_curve_panels_read_the_kept_reports_before_the_runs(plots, tmp_path: Path) -> None:
+    bench, runs = tmp_path / "reports", tmp_path / "runs"
+    curve = [{"step": s, "top1": 0.2, "kl": 1.0} for s in (0, 100)]
+    for root, method in ((bench, "deepinversion"), (runs, "noise")):  # the kept CIFAR report, an old run beside it
+        _write(root / "kd-cifar-x" / "report.json", {"set": {"method": method}, "config": {}, "curve": curve,
+                                                     "teacher_metrics": {"top1": 0.93}})  # fmt: skip
+    _write(runs / "qat-dt-a" / "report.json", {"curve": curve, "fp": {"top1": 0.79}})  # no kept QAT report
+    panels, notes = plots.curve_panels(bench, runs)
+    assert notes == []
+    cifar, qat = panels
+    assert [line[0] for line in cifar["lines"]] == ["deepinversion"] and cifar["sources"] == [str(bench / "kd-cifar-x")]
+    assert qat["sources"] == [str(runs / "qat-dt-a")] and qat["ref"] == ("FP", 79.0)
+    assert plots.curve_panels(tmp_path / "none", tmp_path / "none") == ([], [
+        "no report.json with a curve for the panel 'CIFAR-10 KD: ResNet-56 -> ResNet-20 (random init)'",
+        "no report.json with a curve for the panel 'DeiT-Tiny W4A8 data-free QAT'"])  # fmt: skip
