@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 $(BIN)/dfq: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,interop]"
+	$(BIN)/pip install -q -e ".[dev,interop,bench]"
 	touch $@
 
 venv: $(BIN)/dfq
