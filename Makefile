@@ -33,7 +33,6 @@ demo: venv
 # docs/img (benchmarks/plots.py, matplotlib from the bench extra). Not part of CI.
 bench: venv
 	@test -f $(ASSETS)/weights/deit_tiny_patch16_224.pth || { echo "error: bench needs the shared assets at $(ASSETS) (set ASSETS=...)"; exit 2; }
-	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e ".[bench]"
 	DFQ_ASSETS=$(ASSETS) $(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/plots.py --bench-dir benchmarks/reports --runs runs --out docs/img
 
